@@ -1,0 +1,1 @@
+//! The Ravel-rs admin.

@@ -1,0 +1,32 @@
+//! Named limits and timeouts, with their units in their names.
+//!
+//! Every input a client can send is bounded here, before it can reach a Raft log. The numbers
+//! follow DESIGN §5: keys up to 1 KiB, values up to 1 MiB, whole request bodies up to 1.5 MiB
+//! (a 1 MiB value plus its key and JSON framing, with room to spare).
+
+/// Largest key, in bytes of its UTF-8 encoding.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Largest value, in bytes of its JSON text as sent.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Largest HTTP request body the admin reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024 + 512 * 1024;
+
+/// Largest gRPC message either side decodes: a whole put plus framing, or one snapshot chunk.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default number of partitions chosen at the admin's first start.
+pub const DEFAULT_PARTITIONS: u32 = 1024;
+
+/// Upper bound on the partition count an operator may choose.
+pub const MAX_PARTITIONS: u32 = 65_536;
+
+/// Deadline of one admin → node data call (put, get, delete).
+pub const DATA_RPC_TIMEOUT_MS: u64 = 5_000;
+
+/// Deadline of one control call (status, join, assign, leave).
+pub const CONTROL_RPC_TIMEOUT_MS: u64 = 10_000;
+
+/// Deadline for opening a TCP connection to a peer.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;

@@ -1,0 +1,1 @@
+//! A Ravel-rs replica.

@@ -1,0 +1,11 @@
+//! Generated gRPC types and services of `proto/ravel.proto` (package `ravel.v1`).
+//!
+//! Nothing but generated code lives here; conversions to domain types belong to the crates that
+//! use them.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("ravel.v1");
+}
+
+pub use v1::*;

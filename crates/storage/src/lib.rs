@@ -1,0 +1,1 @@
+//! A replica's durable storage (openraft log store and state machine on sled).
