@@ -79,7 +79,7 @@ pub fn ring_owners(clusters: &[ClusterId], partitions: u32) -> Vec<Option<Cluste
     sorted.dedup();
     let ring: Ring<ClusterId> = RingBuilder::default()
         .vnodes(RING_VNODES_PER_CLUSTER)
-        .nodes_iter(sorted.into_iter())
+        .nodes_iter(sorted)
         .build();
     (0..partitions)
         .map(|p| Some(*ring.get(xxh3_64(&p.to_be_bytes()))))
@@ -119,7 +119,10 @@ mod tests {
             }
         }
         let ideal = 1024.0 / 3.0;
-        assert!((f64::from(moved) - ideal).abs() <= ideal * 0.2, "moved {moved}");
+        assert!(
+            (f64::from(moved) - ideal).abs() <= ideal * 0.2,
+            "moved {moved}"
+        );
     }
 
     /// The ring's proposal does not depend on the order clusters are listed in.

@@ -1,1 +1,462 @@
-//! Test harness for Ravel-rs.
+//! Test harness for Ravel-rs end-to-end tests: starts the real `ravel_admin` and `ravel_node`
+//! binaries on loopback, waits on readiness by polling (never sleeping for correctness), injects
+//! faults (`kill -9`, SIGSTOP/SIGCONT, restart with the same command line) and kills every
+//! process it started when dropped.
+//!
+//! Each [`TestCluster`] lives in its own directory under `target/e2e-logs/`; the directory (with
+//! every process's log) is deleted when the test passes and kept when it panics, and its path is
+//! printed at the start so a failing run can be read afterwards.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use ravel_proto::v1::control_client::ControlClient;
+use ravel_proto::v1::data_client::DataClient;
+use ravel_proto::v1::{StatusReply, StatusRequest};
+use serde_json::Value;
+
+/// How long to wait for a process to become ready before a test gives up.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Poll interval of every `wait_*` helper.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A free loopback port (bound then released; the kernel does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// A running (or stopped) process with the command line that restarts it.
+struct Proc {
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self) -> Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env(
+                "RUST_LOG",
+                std::env::var("RAVEL_TEST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn".into()),
+            )
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .map(|c| Pid::from_raw(i32::try_from(c.id()).expect("pid fits in i32")))
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, signal);
+        }
+    }
+
+    /// `kill -9` and reap.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a graceful exit (SIGKILL after `grace`).
+    fn terminate(&mut self, grace: Duration) {
+        self.signal(Signal::SIGCONT);
+        self.signal(Signal::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+/// One replica's fixed identity in a test: its directory and addresses, kept across restarts.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub dir: PathBuf,
+    pub grpc_addr: String,
+    pub raft_addr: String,
+    pub leader_flag: bool,
+}
+
+/// An admin and a set of replicas started from the real binaries.
+pub struct TestCluster {
+    root: PathBuf,
+    admin_bin: PathBuf,
+    node_bin: PathBuf,
+    pub http_addr: String,
+    pub admin_grpc_addr: String,
+    admin: Option<Proc>,
+    nodes: BTreeMap<String, (NodeSpec, Proc)>,
+    extra_node_args: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl TestCluster {
+    /// A new, empty test cluster named after the test. Binaries are passed by the test, which
+    /// gets them from Cargo (`env!("CARGO_BIN_EXE_ravel_admin")`).
+    pub fn new(test_name: &str, admin_bin: &str, node_bin: &str) -> Result<Self> {
+        let seq = CLUSTER_SEQ.fetch_add(1, Ordering::SeqCst);
+        let target = Path::new(node_bin)
+            .ancestors()
+            .find(|p| p.file_name().is_some_and(|n| n == "target"))
+            .map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let root = target
+            .join("e2e-logs")
+            .join(format!("{test_name}-{}-{seq}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        eprintln!(
+            "test cluster {test_name}: logs and data in {}",
+            root.display()
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(Self {
+            root,
+            admin_bin: admin_bin.into(),
+            node_bin: node_bin.into(),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            admin_grpc_addr: format!("127.0.0.1:{}", free_port()),
+            admin: None,
+            nodes: BTreeMap::new(),
+            extra_node_args: Vec::new(),
+            http,
+        })
+    }
+
+    /// Extra flags given to every replica started after this call (e.g. a small snapshot
+    /// threshold).
+    pub fn with_node_args(mut self, args: &[&str]) -> Self {
+        self.extra_node_args = args.iter().map(|s| (*s).to_string()).collect();
+        self
+    }
+
+    /// The directory holding this test's data and logs.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The admin's base URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// Starts the admin (or restarts it with the same command line) and waits for `/livez`.
+    pub async fn start_admin(&mut self) -> Result<()> {
+        if self.admin.is_none() {
+            let args = vec![
+                "start".into(),
+                "--http".into(),
+                self.http_addr.clone(),
+                "--grpc".into(),
+                self.admin_grpc_addr.clone(),
+                "--backupPath".into(),
+                self.root.join("admin").display().to_string(),
+            ];
+            self.admin = Some(Proc {
+                program: self.admin_bin.clone(),
+                args,
+                log: self.root.join("admin.log"),
+                child: None,
+            });
+        }
+        self.admin.as_mut().expect("admin proc").spawn()?;
+        let url = self.url("/livez");
+        let http = self.http.clone();
+        wait_until("admin /livez", READY_TIMEOUT, || {
+            let url = url.clone();
+            let http = http.clone();
+            async move { http.get(&url).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await
+    }
+
+    /// `kill -9` of the admin.
+    pub fn kill9_admin(&mut self) {
+        if let Some(p) = self.admin.as_mut() {
+            p.kill9();
+        }
+    }
+
+    /// Starts replica `name` (new: fresh dir and ports; known: the same command line again).
+    /// Does not wait: use [`TestCluster::wait_ready`] or the `wait_*` helpers.
+    pub fn start_node(&mut self, name: &str, leader: bool) -> Result<()> {
+        if !self.nodes.contains_key(name) {
+            let spec = NodeSpec {
+                name: name.into(),
+                dir: self.root.join(name),
+                grpc_addr: format!("127.0.0.1:{}", free_port()),
+                raft_addr: format!("127.0.0.1:{}", free_port()),
+                leader_flag: leader,
+            };
+            let mut args = vec![
+                "start".to_string(),
+                "-s".into(),
+                spec.dir.display().to_string(),
+                "-g".into(),
+                spec.grpc_addr.clone(),
+                "-r".into(),
+                spec.raft_addr.clone(),
+                "-a".into(),
+                self.admin_grpc_addr.clone(),
+            ];
+            if leader {
+                args.push("-l".into());
+            }
+            args.extend(self.extra_node_args.iter().cloned());
+            let proc = Proc {
+                program: self.node_bin.clone(),
+                args,
+                log: self.root.join(format!("{name}.log")),
+                child: None,
+            };
+            self.nodes.insert(name.into(), (spec, proc));
+        }
+        let (_, proc) = self.nodes.get_mut(name).expect("node just inserted");
+        if proc.is_running() {
+            bail!("node {name} is already running");
+        }
+        proc.spawn()
+    }
+
+    /// The replica's fixed spec (dir and addresses).
+    pub fn node(&self, name: &str) -> &NodeSpec {
+        &self.nodes.get(name).expect("known node").0
+    }
+
+    /// Names of every replica ever started.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// `kill -9` of replica `name`.
+    pub fn kill9_node(&mut self, name: &str) {
+        if let Some((_, p)) = self.nodes.get_mut(name) {
+            p.kill9();
+        }
+    }
+
+    /// Graceful stop (SIGTERM) of replica `name`.
+    pub fn stop_node(&mut self, name: &str) {
+        if let Some((_, p)) = self.nodes.get_mut(name) {
+            p.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// SIGSTOP / SIGCONT of replica `name`.
+    pub fn pause_node(&self, name: &str, paused: bool) {
+        if let Some((_, p)) = self.nodes.get(name) {
+            p.signal(if paused {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            });
+        }
+    }
+
+    /// `kill -9` of every process (admin included).
+    pub fn kill9_all(&mut self) {
+        self.kill9_admin();
+        for (_, p) in self.nodes.values_mut() {
+            p.kill9();
+        }
+    }
+
+    /// Runs `ravel_node kill -s DIR [extra]` to completion; returns (success, combined output).
+    pub fn run_node_kill(&self, name: &str, extra: &[&str]) -> Result<(bool, String)> {
+        let dir = self.node(name).dir.display().to_string();
+        let out = Command::new(&self.node_bin)
+            .args(["kill", "-s", &dir])
+            .args(extra)
+            .output()
+            .context("running ravel_node kill")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    /// Forgets a replica whose directory `ravel_node kill` removed (reaping its process).
+    pub fn forget_node(&mut self, name: &str) {
+        if let Some((_, mut p)) = self.nodes.remove(name) {
+            p.kill9();
+        }
+    }
+
+    /// Waits until the admin's `/readyz` answers 200.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let url = self.url("/readyz");
+        let http = self.http.clone();
+        wait_until("admin /readyz", READY_TIMEOUT, || {
+            let url = url.clone();
+            let http = http.clone();
+            async move { http.get(&url).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await
+    }
+
+    /// The replica's `Control.Status`.
+    pub async fn status(&self, name: &str) -> Result<StatusReply> {
+        let addr = format!("http://{}", self.node(name).grpc_addr);
+        let mut client = tokio::time::timeout(Duration::from_secs(2), ControlClient::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connecting to {name} timed out"))??;
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        Ok(client.status(req).await?.into_inner())
+    }
+
+    /// A data client straight to replica `name`, bypassing the admin.
+    pub async fn data_client(&self, name: &str) -> Result<DataClient<tonic::transport::Channel>> {
+        let addr = format!("http://{}", self.node(name).grpc_addr);
+        Ok(DataClient::connect(addr).await?)
+    }
+
+    /// Waits until some replica among `names` reports itself leader; returns its name.
+    pub async fn wait_leader(&self, names: &[&str]) -> Result<String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for name in names {
+                if let Ok(st) = self.status(name).await
+                    && st.role == "leader"
+                {
+                    return Ok((*name).to_string());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no leader among {names:?} within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    // ------------------------------------------------------------------ HTTP client helpers
+
+    /// Sends a request to the admin and returns (status, JSON body or `Value::Null`).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status, body))
+    }
+
+    /// `POST /put {"key":key,"val":value}`.
+    pub async fn put(&self, key: &str, value: &Value) -> Result<(u16, Value)> {
+        let body = serde_json::to_vec(&serde_json::json!({"key": key, "val": value}))?;
+        self.request(reqwest::Method::POST, "/put", Some(body))
+            .await
+    }
+
+    /// `POST /get {"key":key}`.
+    pub async fn get(&self, key: &str) -> Result<(u16, Value)> {
+        let body = serde_json::to_vec(&serde_json::json!({"key": key}))?;
+        self.request(reqwest::Method::POST, "/get", Some(body))
+            .await
+    }
+
+    /// `GET /v1/cluster`.
+    pub async fn cluster_view(&self) -> Result<Value> {
+        let (status, body) = self
+            .request(reqwest::Method::GET, "/v1/cluster", None)
+            .await?;
+        if status != 200 {
+            bail!("/v1/cluster answered {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.kill9_all();
+        if std::thread::panicking() {
+            eprintln!("test failed: logs kept in {}", self.root.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}

@@ -1,0 +1,256 @@
+//! What `GET /v1/cluster` shows and what `GET /readyz` decides.
+//!
+//! The view joins the persisted metadata with a live `Control.Status` from every replica (asked
+//! concurrently, each with a short deadline, so one dead replica costs the page
+//! [`STATUS_DEADLINE_MS`] and no more). Readiness makes no network call: it reads the table, the
+//! placement task's confirmations and the leader cache. This module must not change anything.
+
+use crate::AdminState;
+use crate::placement::control_request;
+use ravel_core::{ClusterId, NodeId};
+use ravel_proto::v1::{StatusReply, StatusRequest};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use tokio::task::JoinSet;
+
+/// Deadline of one `Control.Status` call made for the cluster view or leader discovery.
+pub const STATUS_DEADLINE_MS: u64 = 500;
+
+/// Roles a replica reports that count as healthy (it is part of a cluster with a leader).
+const HEALTHY_ROLES: [&str; 3] = ["leader", "follower", "learner"];
+
+/// Asks each `(node, grpc_addr)` for its status concurrently, each call with `deadline_ms`.
+/// Returns each node's reply or why it could not be had.
+pub(crate) async fn replica_statuses(
+    state: &AdminState,
+    replicas: Vec<(NodeId, String)>,
+    deadline_ms: u64,
+) -> BTreeMap<NodeId, Result<StatusReply, String>> {
+    let mut calls = JoinSet::new();
+    for (node, addr) in replicas {
+        let mut client = state.pool.control_client(&addr);
+        calls.spawn(async move {
+            let reply = client
+                .status(control_request(StatusRequest {}, deadline_ms))
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+            (node, reply)
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(joined) = calls.join_next().await {
+        match joined {
+            Ok((node, reply)) => {
+                out.insert(node, reply);
+            }
+            Err(e) => tracing::error!(error = %e, "status call task failed"),
+        }
+    }
+    out
+}
+
+/// The JSON body of GET /v1/cluster (queries each replica's Control.Status with a short deadline).
+pub async fn cluster_view(state: &AdminState) -> Value {
+    let meta = state.meta.current();
+    let all: Vec<(NodeId, String)> = meta
+        .replicas
+        .values()
+        .map(|r| (r.node_id, r.grpc_addr.clone()))
+        .collect();
+    let statuses = replica_statuses(state, all, STATUS_DEADLINE_MS).await;
+    let epoch = meta.table.epoch;
+
+    let clusters: Vec<Value> = meta
+        .clusters
+        .keys()
+        .map(|&cluster| {
+            let owned = meta.table.count_of(cluster);
+            let mut leader: Option<(NodeId, u64)> = None;
+            let replicas: Vec<Value> = meta
+                .replicas_of(cluster)
+                .into_iter()
+                .map(|r| {
+                    let status = statuses
+                        .get(&r.node_id)
+                        .cloned()
+                        .unwrap_or_else(|| Err("no answer".into()));
+                    let (role, healthy, error) = match &status {
+                        Err(e) => ("unreachable".to_owned(), false, Some(e.clone())),
+                        Ok(s) if s.node_id != r.node_id || s.cluster_id != cluster => (
+                            "unreachable".to_owned(),
+                            false,
+                            Some(format!(
+                                "address answers as node {} of cluster {}",
+                                s.node_id, s.cluster_id
+                            )),
+                        ),
+                        Ok(s) => {
+                            if s.role == "leader" && leader.is_none_or(|(_, t)| s.term > t) {
+                                leader = Some((r.node_id, s.term));
+                            }
+                            let healthy = HEALTHY_ROLES.contains(&s.role.as_str());
+                            (s.role.clone(), healthy, None)
+                        }
+                    };
+                    let mut replica = json!({
+                        "id": r.node_id,
+                        "raft_addr": r.raft_addr,
+                        "grpc_addr": r.grpc_addr,
+                        "role": role,
+                        "healthy": healthy,
+                    });
+                    if let Ok(s) = &status {
+                        replica["last_applied"] = json!(s.last_applied_index);
+                        replica["term"] = json!(s.term);
+                        replica["assignment_epoch"] = json!(s.assignment_epoch);
+                        replica["serving_partitions"] = json!(s.serving_partitions);
+                    }
+                    if let Some(e) = error {
+                        replica["error"] = json!(e);
+                    }
+                    replica
+                })
+                .collect();
+            // The live answer wins over the cache, which may lag an election.
+            let leader = leader
+                .map(|(n, _)| n)
+                .or_else(|| state.pool.leader(cluster));
+            let mut view = json!({
+                "id": cluster,
+                "leader": leader,
+                "partitions": owned,
+                "assignment_confirmed": state.placement.confirmed(cluster, epoch),
+                "replicas": replicas,
+            });
+            if owned == 0 && meta.has_data {
+                view["note"] = json!(
+                    "this cluster holds no partitions because keys already existed when it \
+                     joined; it receives partitions when partition migration lands"
+                );
+            }
+            view
+        })
+        .collect();
+
+    json!({
+        "partitions": meta.partitions,
+        "epoch": epoch,
+        "has_data": meta.has_data,
+        "clusters": clusters,
+        "migrations": [],
+    })
+}
+
+/// Ok when the admin can serve: every partition has an owner, every owning cluster has confirmed the
+/// current table epoch, and has a known leader. Err(reason) otherwise.
+pub fn readiness(state: &AdminState) -> Result<(), String> {
+    let meta = state.meta.current();
+    let epoch = meta.table.epoch;
+    let mut owners = BTreeSet::<ClusterId>::new();
+    for (p, owner) in meta.table.owners.iter().enumerate() {
+        match owner {
+            Some(c) => {
+                owners.insert(*c);
+            }
+            None if meta.clusters.is_empty() => {
+                return Err(
+                    "no cluster exists yet: start a replica with -l to create one".to_owned(),
+                );
+            }
+            None => {
+                return Err(format!(
+                    "partition {p} has no owning cluster (its cluster was removed with --force)"
+                ));
+            }
+        }
+    }
+    for cluster in owners {
+        if !state.placement.confirmed(cluster, epoch) {
+            return Err(format!(
+                "cluster {cluster} has not yet confirmed partition table epoch {epoch}"
+            ));
+        }
+        if state.pool.leader(cluster).is_none() {
+            return Err(format!("cluster {cluster} has no known leader"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{MetaCommand, MetaStore};
+
+    fn register(token: u64, new_cluster: bool) -> MetaCommand {
+        MetaCommand::RegisterReplica {
+            token,
+            raft_addr: format!("127.0.0.1:{}", 17000 + token),
+            grpc_addr: format!("127.0.0.1:{}", 18000 + token),
+            new_cluster,
+        }
+    }
+
+    /// Readiness needs owners for every partition, then each owning cluster's confirmation of the
+    /// current epoch and a known leader, and says which is missing.
+    #[tokio::test]
+    async fn readiness_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AdminState::new(MetaStore::open(dir.path(), Some(8)).unwrap());
+        assert!(readiness(&state).unwrap_err().contains("no cluster"));
+
+        state.meta.execute(register(1, true)).await.unwrap();
+        let epoch = state.meta.current().table.epoch;
+        assert!(readiness(&state).unwrap_err().contains("not yet confirmed"));
+        state.placement.wake(); // harmless without a task
+        state.pool.set_leader(1, 1);
+        assert!(readiness(&state).unwrap_err().contains("not yet confirmed"));
+        state.placement.set_confirmed(1, epoch);
+        assert_eq!(readiness(&state), Ok(()));
+        state.pool.forget_leader(1, 1);
+        assert!(readiness(&state).unwrap_err().contains("no known leader"));
+    }
+
+    /// The view lists every cluster and replica; an unreachable replica shows as such, and the
+    /// note about partition-less clusters appears only once keys exist.
+    #[tokio::test]
+    async fn view_marks_unreachable_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AdminState::new(MetaStore::open(dir.path(), Some(8)).unwrap());
+        // Addresses of listeners we bind and drop, so nothing answers there.
+        for token in [1, 2] {
+            let free = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            state
+                .meta
+                .execute(MetaCommand::RegisterReplica {
+                    token,
+                    raft_addr: free.to_string(),
+                    grpc_addr: free.to_string(),
+                    new_cluster: true,
+                })
+                .await
+                .unwrap();
+            if token == 1 {
+                state.meta.ensure_has_data().await.unwrap();
+            }
+        }
+        let view = cluster_view(&state).await;
+        assert_eq!(view["partitions"], 8);
+        assert_eq!(view["has_data"], true);
+        let clusters = view["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 2);
+        assert_eq!(clusters[0]["partitions"], 8);
+        assert!(clusters[0].get("note").is_none());
+        assert_eq!(clusters[1]["partitions"], 0);
+        assert!(clusters[1]["note"].as_str().unwrap().contains("migration"));
+        let replica = &clusters[0]["replicas"][0];
+        assert_eq!(replica["role"], "unreachable");
+        assert_eq!(replica["healthy"], false);
+        assert_eq!(clusters[0]["leader"], Value::Null);
+        assert_eq!(view["migrations"], json!([]));
+    }
+}

@@ -1,0 +1,179 @@
+//! The server side of the Raft transport (the `RaftTransport` gRPC service on `--raftaddr`).
+//!
+//! It refuses, with `FailedPrecondition`, any envelope addressed to another cluster or another
+//! node: delivering a Raft message to the wrong replica can lose data or elect two leaders. A
+//! message that passes is decoded and handed to openraft; openraft's whole `Result` is encoded
+//! back. This module must not interpret Raft messages beyond that.
+
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use ravel_core::{ClusterId, NodeId};
+use ravel_proto::v1::raft_transport_server::RaftTransport;
+use ravel_proto::v1::{RaftEnvelope, RaftReply};
+use ravel_storage::{Raft, TypeConfig};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::raft_net::{FatalOr, SnapshotResult, decode, encode};
+
+/// The Raft transport service of one replica.
+pub struct RaftService {
+    cluster_id: ClusterId,
+    node_id: NodeId,
+    raft: Raft,
+}
+
+impl RaftService {
+    /// The service for replica `node_id` of cluster `cluster_id`.
+    #[must_use]
+    pub fn new(cluster_id: ClusterId, node_id: NodeId, raft: Raft) -> Self {
+        Self {
+            cluster_id,
+            node_id,
+            raft,
+        }
+    }
+
+    /// The envelope's payload if it is addressed to this replica.
+    fn accept(&self, envelope: RaftEnvelope) -> Result<bytes::Bytes, Status> {
+        if envelope.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "this Raft endpoint belongs to cluster {}, not cluster {}",
+                self.cluster_id, envelope.cluster_id
+            )));
+        }
+        if envelope.target_node_id != self.node_id {
+            return Err(Status::failed_precondition(format!(
+                "this Raft endpoint is node {}, not node {}",
+                self.node_id, envelope.target_node_id
+            )));
+        }
+        Ok(envelope.payload)
+    }
+}
+
+fn reply<T: Serialize>(answer: &T) -> Result<Response<RaftReply>, Status> {
+    let payload =
+        encode(answer).map_err(|e| Status::internal(format!("encoding the Raft answer: {e}")))?;
+    Ok(Response::new(RaftReply { payload }))
+}
+
+fn bad_payload(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("undecodable Raft request: {e}"))
+}
+
+/// Append-entries and vote can only fail fatally; the `Infallible` API error cannot occur.
+/// (`Fatal` is openraft's type and travels by value to be encoded; its size is not ours to box.)
+#[allow(clippy::result_large_err)]
+fn fatal_only<T>(result: Result<T, RaftError<NodeId>>) -> FatalOr<T> {
+    result.map_err(|e| match e {
+        RaftError::Fatal(f) => f,
+        RaftError::APIError(never) => match never {},
+    })
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let payload = self.accept(request.into_inner())?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&payload).map_err(bad_payload)?;
+        reply(&fatal_only(self.raft.append_entries(rpc).await))
+    }
+
+    async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftReply>, Status> {
+        let payload = self.accept(request.into_inner())?;
+        let rpc: VoteRequest<NodeId> = decode(&payload).map_err(bad_payload)?;
+        reply(&fatal_only(self.raft.vote(rpc).await))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let payload = self.accept(request.into_inner())?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload).map_err(bad_payload)?;
+        let answer: SnapshotResult = self.raft.install_snapshot(rpc).await;
+        reply(&answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft_net::NetworkFactory;
+    use openraft::raft::VoteResponse;
+    use ravel_storage::Storage;
+    use std::sync::Arc;
+
+    async fn service(dir: &std::path::Path) -> (RaftService, Raft) {
+        let storage = Storage::open(dir).unwrap();
+        let config = Arc::new(crate::raft_config(7, 100).unwrap());
+        let raft = Raft::new(
+            3,
+            config,
+            NetworkFactory::new(7),
+            storage.log_store(),
+            storage.state_machine(),
+        )
+        .await
+        .unwrap();
+        (RaftService::new(7, 3, raft.clone()), raft)
+    }
+
+    fn envelope(
+        cluster_id: u64,
+        target_node_id: u64,
+        payload: bytes::Bytes,
+    ) -> Request<RaftEnvelope> {
+        Request::new(RaftEnvelope {
+            cluster_id,
+            target_node_id,
+            payload,
+        })
+    }
+
+    /// An envelope for another cluster or another node is refused with FailedPrecondition and
+    /// never reaches Raft; one addressed to this replica is answered with Raft's own result.
+    #[tokio::test]
+    async fn refuses_misaddressed_envelopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, raft) = service(dir.path()).await;
+        let vote: VoteRequest<NodeId> = VoteRequest::new(openraft::Vote::new(5, 1), None);
+        let payload = encode(&vote).unwrap();
+
+        let err = svc.vote(envelope(8, 3, payload.clone())).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("cluster 7"), "{}", err.message());
+        let err = svc
+            .append_entries(envelope(7, 4, payload.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("node 3"), "{}", err.message());
+        let err = svc
+            .install_snapshot(envelope(7, 9, payload.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        // The refused vote was not seen by Raft: its term is still 0.
+        assert_eq!(raft.metrics().borrow().current_term, 0);
+
+        let err = svc
+            .vote(envelope(7, 3, bytes::Bytes::from_static(&[1, 0xff])))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+        let reply = svc
+            .vote(envelope(7, 3, payload))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer: FatalOr<VoteResponse<NodeId>> = decode(&reply.payload).unwrap();
+        assert!(answer.unwrap().vote_granted);
+        raft.shutdown().await.unwrap();
+    }
+}

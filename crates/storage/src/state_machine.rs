@@ -1,0 +1,546 @@
+//! The replicated state machine (openraft `RaftStateMachine`) on the sled `sm` tree.
+//!
+//! Invariants this module keeps:
+//! - **Deterministic apply.** The answer to an entry depends only on the state before it and the
+//!   entry: no clock, no randomness, no hash-map iteration (all maps are `BTreeMap`). Refusals
+//!   (`WrongOwner`, `CasMismatch`) are answers recorded with the entry; an I/O error instead
+//!   fails the whole `apply()` and openraft stops the group, rather than let replicas diverge.
+//! - **Ownership fencing.** A write is applied only if its partition is `Serving` here, checked
+//!   in log order, so a write lands either before a freeze (and is copied) or is refused.
+//! - **Versions strictly increase per key**, even across delete and re-create: each partition
+//!   keeps a persisted counter, the largest version ever issued in it (puts and deletes both
+//!   consume one), and a put's new version is that counter plus one.
+//! - **Atomic apply.** All entries of one `apply()` call become one `sled::Batch` on the `sm`
+//!   tree, which holds both data and metadata (last_applied, membership, partition states,
+//!   epoch, counters, key count), so a crash leaves the state machine at an entry boundary
+//!   with `last_applied` matching the data. Nothing is fsynced per apply: the log is the WAL and
+//!   openraft re-applies `(last_applied, committed]` after a restart.
+//! - **The in-memory cache equals what was written.** The cache (states, counters, epoch, ...)
+//!   is updated only after the batch is applied, under the same write lock that readers take,
+//!   so a reader never sees a state check and data from different points of the log.
+//!
+//! This module must not touch the Raft log tree and must not call sled's `flush_async`.
+
+use crate::codec::{self, META_EPOCH, META_KEY_COUNT, META_LAST_APPLIED, META_MEMBERSHIP};
+use crate::error::{IntoRaft, Op, RaftStorageError, StorageError};
+use crate::flusher::Flusher;
+use crate::snapshot::{self, SnapshotBuilder, SnapshotImage};
+use crate::types::{PartitionState, RavelNode, ReadRefused, TypeConfig};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StoredMembership,
+};
+use ravel_core::PartitionId;
+use ravel_core::command::{Command, CommandResult, Record};
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// What the state machine knows besides its data records; mirrors the `sm` tree's metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SmCache {
+    pub(crate) last_applied: Option<LogId<u64>>,
+    pub(crate) membership: StoredMembership<u64, RavelNode>,
+    pub(crate) epoch: u64,
+    pub(crate) states: BTreeMap<PartitionId, PartitionState>,
+    pub(crate) counters: BTreeMap<PartitionId, u64>,
+    pub(crate) key_count: u64,
+}
+
+/// State shared by the state machine, its snapshot builders and readers.
+pub(crate) struct SmShared {
+    pub(crate) tree: sled::Tree,
+    pub(crate) snapshots: sled::Tree,
+    pub(crate) flusher: Flusher,
+    cache: RwLock<SmCache>,
+    snapshots_installed: AtomicU64,
+    /// Serializes read-compare-write of the stored current snapshot.
+    pub(crate) snapshot_store_lock: Mutex<()>,
+}
+
+impl SmShared {
+    pub(crate) fn open(
+        tree: sled::Tree,
+        snapshots: sled::Tree,
+        flusher: Flusher,
+    ) -> Result<Self, StorageError> {
+        let cache = load_cache(&tree)?;
+        Ok(Self {
+            tree,
+            snapshots,
+            flusher,
+            cache: RwLock::new(cache),
+            snapshots_installed: AtomicU64::new(0),
+            snapshot_store_lock: Mutex::new(()),
+        })
+    }
+
+    fn read_cache(&self) -> Result<RwLockReadGuard<'_, SmCache>, StorageError> {
+        self.cache.read().map_err(|_| poisoned())
+    }
+
+    fn write_cache(&self) -> Result<RwLockWriteGuard<'_, SmCache>, StorageError> {
+        self.cache.write().map_err(|_| poisoned())
+    }
+
+    /// Applies `entries` as one atomic batch and returns one answer per entry.
+    fn apply_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+    ) -> Result<Vec<CommandResult>, StorageError> {
+        let mut cache = self.write_cache()?;
+        let mut work = Apply {
+            tree: &self.tree,
+            cache: &cache,
+            pending: Pending::default(),
+        };
+        let mut answers = Vec::new();
+        for entry in entries {
+            answers.push(work.entry(entry)?);
+        }
+        let pending = work.pending;
+        self.tree.apply_batch(pending.to_batch(&cache)?)?;
+        pending.update(&mut cache);
+        Ok(answers)
+    }
+
+    /// A consistent copy of the whole state machine (run serialized with apply).
+    pub(crate) fn materialize(&self) -> Result<SnapshotImage, StorageError> {
+        let cache = self.read_cache()?;
+        let mut records = Vec::new();
+        for item in self.tree.scan_prefix(codec::all_data_prefix()) {
+            let (raw_key, raw_value) = item?;
+            let (partition, key) = codec::split_data_key(&raw_key)?;
+            let record = codec::decode_record(&raw_value)?;
+            records.push(snapshot::SnapshotRecord {
+                partition,
+                key: key.to_vec(),
+                version: record.version,
+                value: record.value,
+            });
+        }
+        Ok(SnapshotImage::new(&cache, records))
+    }
+
+    /// Replaces the whole state machine by `image`, atomically.
+    fn replace_with(&self, image: SnapshotImage) -> Result<(), StorageError> {
+        let mut cache = self.write_cache()?;
+        let mut batch = sled::Batch::default();
+        for key in self.tree.iter().keys() {
+            batch.remove(key?);
+        }
+        let next = image.write_into(&mut batch)?;
+        self.tree.apply_batch(batch)?;
+        *cache = next;
+        Ok(())
+    }
+}
+
+fn poisoned() -> StorageError {
+    StorageError::corrupt("state machine cache", "lock poisoned by an earlier panic")
+}
+
+/// Reads the cache from the `sm` tree's metadata keys.
+fn load_cache(tree: &sled::Tree) -> Result<SmCache, StorageError> {
+    let meta = |key: &[u8]| tree.get(key);
+    let mut cache = SmCache {
+        last_applied: meta(META_LAST_APPLIED)?
+            .map(|b| codec::decode("last_applied", &b))
+            .transpose()?
+            .flatten(),
+        membership: meta(META_MEMBERSHIP)?
+            .map(|b| codec::decode("membership", &b))
+            .transpose()?
+            .unwrap_or_default(),
+        epoch: meta(META_EPOCH)?
+            .map(|b| codec::decode("epoch", &b))
+            .transpose()?
+            .unwrap_or(0),
+        key_count: meta(META_KEY_COUNT)?
+            .map(|b| codec::decode("key count", &b))
+            .transpose()?
+            .unwrap_or(0),
+        ..SmCache::default()
+    };
+    for item in tree.scan_prefix(codec::all_states_prefix()) {
+        let (k, v) = item?;
+        cache
+            .states
+            .insert(codec::state_partition(&k)?, codec::decode_state(&v)?);
+    }
+    for item in tree.scan_prefix(codec::all_counters_prefix()) {
+        let (k, v) = item?;
+        cache
+            .counters
+            .insert(codec::counter_partition(&k)?, codec::decode_counter(&v)?);
+    }
+    Ok(cache)
+}
+
+/// Changes made by one `apply()` call, not yet written.
+#[derive(Default)]
+struct Pending {
+    /// Raw data key → new encoded record, or `None` for a removal.
+    data: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The whole new partition-state map, if an assignment replaced it.
+    states: Option<BTreeMap<PartitionId, PartitionState>>,
+    counters: BTreeMap<PartitionId, u64>,
+    last_applied: Option<LogId<u64>>,
+    membership: Option<StoredMembership<u64, RavelNode>>,
+    epoch: Option<u64>,
+    key_count: Option<u64>,
+}
+
+impl Pending {
+    /// The one batch that writes these changes (data and metadata in the `sm` tree).
+    fn to_batch(&self, cache: &SmCache) -> Result<sled::Batch, StorageError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in &self.data {
+            match value {
+                Some(v) => batch.insert(key.as_slice(), v.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        if let Some(states) = &self.states {
+            write_states(&mut batch, &cache.states, states);
+        }
+        for (p, counter) in &self.counters {
+            batch.insert(&codec::counter_key(*p)[..], codec::encode_counter(*counter));
+        }
+        if let Some(last_applied) = &self.last_applied {
+            batch.insert(META_LAST_APPLIED, codec::encode(&Some(*last_applied))?);
+        }
+        if let Some(membership) = &self.membership {
+            batch.insert(META_MEMBERSHIP, codec::encode(membership)?);
+        }
+        if let Some(epoch) = self.epoch {
+            batch.insert(META_EPOCH, codec::encode(&epoch)?);
+        }
+        if let Some(key_count) = self.key_count {
+            batch.insert(META_KEY_COUNT, codec::encode(&key_count)?);
+        }
+        Ok(batch)
+    }
+
+    /// Brings the cache to what `to_batch` wrote.
+    fn update(self, cache: &mut SmCache) {
+        if let Some(states) = self.states {
+            cache.states = states;
+        }
+        cache.counters.extend(self.counters);
+        if self.last_applied.is_some() {
+            cache.last_applied = self.last_applied;
+        }
+        if let Some(membership) = self.membership {
+            cache.membership = membership;
+        }
+        if let Some(epoch) = self.epoch {
+            cache.epoch = epoch;
+        }
+        if let Some(key_count) = self.key_count {
+            cache.key_count = key_count;
+        }
+    }
+}
+
+/// Writes the partition-state map `new` over `old` into `batch`.
+pub(crate) fn write_states(
+    batch: &mut sled::Batch,
+    old: &BTreeMap<PartitionId, PartitionState>,
+    new: &BTreeMap<PartitionId, PartitionState>,
+) {
+    for p in old.keys().filter(|p| !new.contains_key(p)) {
+        batch.remove(&codec::state_key(*p)[..]);
+    }
+    for (p, state) in new {
+        batch.insert(&codec::state_key(*p)[..], &codec::encode_state(*state)[..]);
+    }
+}
+
+/// One `apply()` call in progress: reads see the cache and tree overlaid by `pending`.
+struct Apply<'a> {
+    tree: &'a sled::Tree,
+    cache: &'a SmCache,
+    pending: Pending,
+}
+
+impl Apply<'_> {
+    fn entry(&mut self, entry: Entry<TypeConfig>) -> Result<CommandResult, StorageError> {
+        self.pending.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => Ok(CommandResult::Empty),
+            EntryPayload::Membership(m) => {
+                self.pending.membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                Ok(CommandResult::Empty)
+            }
+            EntryPayload::Normal(command) => self.command(command),
+        }
+    }
+
+    fn command(&mut self, command: Command) -> Result<CommandResult, StorageError> {
+        match command {
+            Command::Put {
+                partition,
+                key,
+                value,
+                cas,
+            } => self.put(partition, &key, value, cas),
+            Command::Delete {
+                partition,
+                key,
+                cas,
+            } => self.delete(partition, &key, cas),
+            Command::Assign { epoch, partitions } => Ok(self.assign(epoch, &partitions)),
+        }
+    }
+
+    fn put(
+        &mut self,
+        partition: PartitionId,
+        key: &[u8],
+        value: Vec<u8>,
+        cas: Option<u64>,
+    ) -> Result<CommandResult, StorageError> {
+        if !self.writable(partition) {
+            return Ok(CommandResult::WrongOwner {
+                epoch: self.epoch(),
+            });
+        }
+        let data_key = codec::data_key(partition, key);
+        let current = self.version_of(&data_key)?;
+        if cas.is_some_and(|expected| expected != current) {
+            return Ok(CommandResult::CasMismatch { current });
+        }
+        let version = self.next_version(partition);
+        if current == 0 {
+            self.pending.key_count = Some(self.key_count() + 1);
+        }
+        let record = codec::encode_record(&Record { version, value });
+        self.pending.data.insert(data_key, Some(record));
+        Ok(CommandResult::Written { version })
+    }
+
+    fn delete(
+        &mut self,
+        partition: PartitionId,
+        key: &[u8],
+        cas: Option<u64>,
+    ) -> Result<CommandResult, StorageError> {
+        if !self.writable(partition) {
+            return Ok(CommandResult::WrongOwner {
+                epoch: self.epoch(),
+            });
+        }
+        let data_key = codec::data_key(partition, key);
+        let current = self.version_of(&data_key)?;
+        if cas.is_some_and(|expected| expected != current) {
+            return Ok(CommandResult::CasMismatch { current });
+        }
+        if current == 0 {
+            return Ok(CommandResult::Deleted { deleted: false });
+        }
+        // A delete consumes a version too, so a later re-create is newer than the deletion.
+        self.next_version(partition);
+        self.pending.key_count = Some(self.key_count().saturating_sub(1));
+        self.pending.data.insert(data_key, None);
+        Ok(CommandResult::Deleted { deleted: true })
+    }
+
+    fn assign(&mut self, epoch: u64, partitions: &[PartitionId]) -> CommandResult {
+        if epoch <= self.epoch() {
+            return CommandResult::Assigned {
+                epoch: self.epoch(),
+            };
+        }
+        // The serving set becomes exactly `partitions`; data of dropped partitions stays
+        // on disk untouched (migration decides what happens to it).
+        let states = partitions
+            .iter()
+            .map(|p| (*p, PartitionState::Serving))
+            .collect();
+        self.pending.states = Some(states);
+        self.pending.epoch = Some(epoch);
+        CommandResult::Assigned { epoch }
+    }
+
+    fn state(&self, partition: PartitionId) -> Option<PartitionState> {
+        let states = self.pending.states.as_ref().unwrap_or(&self.cache.states);
+        states.get(&partition).copied()
+    }
+
+    fn writable(&self, partition: PartitionId) -> bool {
+        self.state(partition).is_some_and(PartitionState::writable)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.pending.epoch.unwrap_or(self.cache.epoch)
+    }
+
+    fn key_count(&self) -> u64 {
+        self.pending.key_count.unwrap_or(self.cache.key_count)
+    }
+
+    /// Issues the partition's next version and records the bumped counter.
+    fn next_version(&mut self, partition: PartitionId) -> u64 {
+        let counter = self
+            .pending
+            .counters
+            .get(&partition)
+            .or_else(|| self.cache.counters.get(&partition))
+            .copied()
+            .unwrap_or(0);
+        let version = counter + 1;
+        self.pending.counters.insert(partition, version);
+        version
+    }
+
+    /// The current version of a data key (0 if absent), seeing earlier entries of this call.
+    fn version_of(&self, data_key: &[u8]) -> Result<u64, StorageError> {
+        match self.pending.data.get(data_key) {
+            Some(Some(record)) => codec::record_version(record),
+            Some(None) => Ok(0),
+            None => match self.tree.get(data_key)? {
+                Some(record) => codec::record_version(&record),
+                None => Ok(0),
+            },
+        }
+    }
+}
+
+/// The state machine openraft drives. Cloning gives another handle to the same state.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+}
+
+impl StateMachine {
+    pub(crate) fn new(shared: Arc<SmShared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, RavelNode>), RaftStorageError> {
+        let cache = self.shared.read_cache().raft(Op::ReadStateMachine)?;
+        Ok((cache.last_applied, cache.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.shared
+            .apply_entries(entries)
+            .raft(Op::WriteStateMachine)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Runs serialized with apply: the copy is consistent even though `build_snapshot`
+        // then runs concurrently with later applies.
+        SnapshotBuilder::new(self.shared.clone(), self.shared.materialize())
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, RavelNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let data = snapshot.into_inner();
+        let image = SnapshotImage::decode(&data).raft(Op::ReadSnapshot)?;
+        image.check_matches(meta).raft(Op::ReadSnapshot)?;
+        self.shared
+            .replace_with(image)
+            .raft(Op::WriteStateMachine)?;
+        snapshot::store_current(&self.shared, meta, &data).raft(Op::WriteSnapshot)?;
+        // The installed state must be durable before openraft purges the logs it replaces.
+        self.shared.flusher.sync().await.raft(Op::WriteSnapshot)?;
+        self.shared
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        snapshot::load_current(&self.shared).raft(Op::ReadSnapshot)
+    }
+}
+
+/// Reads the applied state outside openraft (after a linearizable-read barrier, or stale).
+#[derive(Clone)]
+pub struct SmReader {
+    shared: Arc<SmShared>,
+}
+
+impl SmReader {
+    pub(crate) fn new(shared: Arc<SmShared>) -> Self {
+        Self { shared }
+    }
+
+    /// The key's record if this cluster serves `partition` (states Serving, or later Frozen);
+    /// `Err(ReadRefused::WrongOwner{epoch})` if it does not.
+    pub fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Record>, ReadRefused> {
+        // Holding the read lock keeps the ownership check and the data read at one log point.
+        let cache = self.shared.read_cache().map_err(unavailable)?;
+        if !cache.states.get(&partition).is_some_and(|s| s.readable()) {
+            return Err(ReadRefused::WrongOwner { epoch: cache.epoch });
+        }
+        let stored = self
+            .shared
+            .tree
+            .get(codec::data_key(partition, key))
+            .map_err(|e| unavailable(e.into()))?;
+        stored
+            .map(|bytes| codec::decode_record(&bytes))
+            .transpose()
+            .map_err(unavailable)
+    }
+
+    /// (assignment epoch, number of partitions served) as applied.
+    pub fn assignment(&self) -> (u64, u32) {
+        match self.shared.read_cache() {
+            Ok(cache) => {
+                let serving = cache
+                    .states
+                    .values()
+                    .filter(|s| **s == PartitionState::Serving)
+                    .count();
+                (cache.epoch, u32::try_from(serving).unwrap_or(u32::MAX))
+            }
+            Err(_) => (0, 0),
+        }
+    }
+
+    /// Number of keys stored, in all partitions (served or not).
+    pub fn key_count(&self) -> u64 {
+        self.shared.read_cache().map(|c| c.key_count).unwrap_or(0)
+    }
+
+    /// Snapshots received from a leader and installed since this process started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.shared.snapshots_installed.load(Ordering::Relaxed)
+    }
+
+    /// The log id of the last applied entry (for metrics and tests).
+    pub fn last_applied(&self) -> Option<LogId<u64>> {
+        self.shared.read_cache().ok().and_then(|c| c.last_applied)
+    }
+}
+
+fn unavailable(e: StorageError) -> ReadRefused {
+    tracing::error!(error = %e, code = e.code(), "state machine read failed");
+    ReadRefused::Unavailable {
+        reason: e.to_string(),
+    }
+}

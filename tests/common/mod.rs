@@ -1,0 +1,81 @@
+//! Shared set-ups for the end-to-end tests: clusters of real processes on loopback.
+
+#![allow(dead_code)]
+
+use anyhow::Result;
+use ravel_testkit::TestCluster;
+
+/// A test cluster using the binaries Cargo built for this package.
+pub fn new_cluster(test_name: &str) -> Result<TestCluster> {
+    TestCluster::new(
+        test_name,
+        env!("CARGO_BIN_EXE_ravel_admin"),
+        env!("CARGO_BIN_EXE_ravel_node"),
+    )
+}
+
+/// Starts the admin and `clusters` clusters of `replicas` replicas each (`c{i}n{j}`), and waits
+/// until the admin is ready to serve. Replicas start one at a time, round-robin over the
+/// clusters, each after the previous one registered: placement (fewest replicas, lowest id first)
+/// then puts every replica in the cluster its name says.
+pub async fn start_clusters(tc: &mut TestCluster, clusters: usize, replicas: usize) -> Result<()> {
+    tc.start_admin().await?;
+    let mut registered = 0;
+    for r in 1..=replicas {
+        for c in 1..=clusters {
+            tc.start_node(&format!("c{c}n{r}"), r == 1)?;
+            registered += 1;
+            wait_replica_count(tc, registered).await?;
+        }
+    }
+    wait_voters(tc, clusters * replicas).await?;
+    tc.wait_ready().await
+}
+
+/// Waits until `/v1/cluster` lists `n` replicas in all.
+pub async fn wait_replica_count(tc: &TestCluster, n: usize) -> Result<()> {
+    ravel_testkit::wait_until(
+        "replica registration",
+        ravel_testkit::READY_TIMEOUT,
+        || async {
+            tc.cluster_view().await.is_ok_and(|v| {
+                v["clusters"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .map(|c| c["replicas"].as_array().map_or(0, Vec::len))
+                        .sum::<usize>()
+                        == n
+                })
+            })
+        },
+    )
+    .await
+}
+
+/// Waits until every started replica is a voter of its cluster (seen from its own status).
+pub async fn wait_voters(tc: &TestCluster, total: usize) -> Result<()> {
+    ravel_testkit::wait_until(
+        "all replicas voters",
+        ravel_testkit::READY_TIMEOUT,
+        || async {
+            let mut voters = 0;
+            for name in tc.node_names() {
+                if let Ok(st) = tc.status(&name).await
+                    && st.voters.contains(&st.node_id)
+                {
+                    voters += 1;
+                }
+            }
+            voters == total
+        },
+    )
+    .await
+}
+
+/// The names of the replicas of cluster `c` (`c{c}n*`).
+pub fn members(tc: &TestCluster, c: usize) -> Vec<String> {
+    let prefix = format!("c{c}n");
+    tc.node_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
