@@ -55,6 +55,47 @@ async fn put_without_any_cluster_is_503() -> Result<()> {
     Ok(())
 }
 
+/// Slow and idle clients cannot lock others out: hundreds of idle connections and a client that
+/// never finishes its headers leave the admin answering a new client at once, and the slow
+/// client is cut off by the header-read timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_idle_clients_do_not_lock_out_others() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tc = common::new_cluster("slow_clients")?;
+    tc.start_admin().await?;
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(tokio::net::TcpStream::connect(&tc.http_addr).await?);
+    }
+    let mut slow = tokio::net::TcpStream::connect(&tc.http_addr).await?;
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: ravel\r\n")
+        .await?;
+
+    let fresh = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tc.request(Method::GET, "/livez", None),
+    )
+    .await??;
+    assert_eq!(fresh.0, 200, "a new client is served next to 400 idle ones");
+
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server closes a connection that never finishes its headers"
+    );
+    drop(idle);
+    Ok(())
+}
+
 /// Every route of the contract, its status codes and JSON bodies, on one cluster of three.
 #[tokio::test(flavor = "multi_thread")]
 async fn http_contract_on_one_cluster_of_three() -> Result<()> {

@@ -21,6 +21,8 @@ pub struct PartialNodeConfig {
     pub raftaddr: Option<String>,
     pub adminrpcaddr: Option<String>,
     pub leader: Option<bool>,
+    /// YAML key `snapshot-threshold`, the long flag's name (`snapshot_threshold` also accepted).
+    #[serde(rename = "snapshot-threshold", alias = "snapshot_threshold")]
     pub snapshot_threshold: Option<u64>,
 }
 
@@ -144,7 +146,7 @@ mod tests {
     }
 
     const FULL: &str = "storagedir: /tmp/n1\ngrpcaddr: 127.0.0.1:7001\nraftaddr: 127.0.0.1:8001\n\
-                        adminrpcaddr: 127.0.0.1:6000\nleader: true\nsnapshot_threshold: 77\n";
+                        adminrpcaddr: 127.0.0.1:6000\nleader: true\nsnapshot-threshold: 77\n";
 
     /// A YAML file with every key gives exactly those values.
     #[test]

@@ -1,0 +1,146 @@
+//! End-to-end membership tests on the real binaries: `ravel_node kill` of replicas, a cluster
+//! added once keys exist, and an admin restart that resumes routing from its own disk.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use ravel_testkit::{READY_TIMEOUT, wait_until};
+use serde_json::json;
+
+/// `ravel_node kill` of a follower removes it from the membership, stops it and deletes its
+/// directory, and the cluster keeps serving; killing a cluster's last replica while it holds
+/// keys is refused with a clear message and deletes nothing, unless `--force`.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_shrinks_membership_and_refuses_to_drop_the_last_replica_with_keys() -> Result<()> {
+    let mut tc = common::new_cluster("kill_replicas")?;
+    common::start_clusters(&mut tc, 1, 3).await?;
+    for i in 0..20 {
+        assert_eq!(tc.put(&format!("k{i}"), &json!(i)).await?.0, 200);
+    }
+
+    // Remove two replicas, one at a time (the leader included, if it is one of them).
+    let mut remaining = common::members(&tc, 1);
+    for _ in 0..2 {
+        let victim = remaining.pop().expect("a replica to remove");
+        let dir = tc.node(&victim).dir.clone();
+        let (ok, out) = tc.run_node_kill(&victim, &[])?;
+        assert!(ok, "ravel_node kill {victim} succeeds: {out}");
+        assert!(!dir.exists(), "kill deletes {}", dir.display());
+        tc.forget_node(&victim);
+        let expected = remaining.len();
+        let names = remaining.clone();
+        wait_until("membership shrinks", READY_TIMEOUT, || async {
+            let mut ok = true;
+            for n in &names {
+                ok &= tc.status(n).await.is_ok_and(|s| s.voters.len() == expected);
+            }
+            ok
+        })
+        .await?;
+        let view = tc.cluster_view().await?;
+        let replicas = view["clusters"][0]["replicas"]
+            .as_array()
+            .expect("replicas")
+            .len();
+        assert_eq!(
+            replicas, expected,
+            "the admin forgot the removed replica: {view}"
+        );
+        for i in 0..20 {
+            let got = tc.get(&format!("k{i}")).await?;
+            assert_eq!(got.1["val"], json!(i), "k{i} survives removing {victim}");
+        }
+    }
+
+    // The last replica holds keys: refused, nothing deleted, still serving.
+    let last = remaining.pop().expect("the last replica");
+    let dir = tc.node(&last).dir.clone();
+    let (ok, out) = tc.run_node_kill(&last, &[])?;
+    assert!(!ok, "killing the last replica with keys is refused");
+    assert!(
+        out.contains("--force"),
+        "the refusal says how to override it: {out}"
+    );
+    assert!(dir.exists(), "a refused kill deletes nothing");
+    assert_eq!(tc.get("k0").await?.1["val"], json!(0));
+
+    // With --force it goes, and the store says plainly that no cluster serves the keys.
+    let (ok, out) = tc.run_node_kill(&last, &["--force"])?;
+    assert!(ok, "kill --force succeeds: {out}");
+    assert!(!dir.exists());
+    tc.forget_node(&last);
+    let put = tc.put("k0", &json!("again")).await?;
+    assert_eq!(put.0, 503, "no cluster left: {}", put.1);
+    assert_eq!(put.1["code"], "no_cluster");
+    Ok(())
+}
+
+/// Once keys exist, a new cluster joins with no partitions (and `/v1/cluster` says why), while
+/// every key stays where its data is.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_added_after_keys_exist_gets_no_partitions() -> Result<()> {
+    let mut tc = common::new_cluster("late_cluster")?;
+    common::start_clusters(&mut tc, 1, 1).await?;
+    for i in 0..50 {
+        assert_eq!(tc.put(&format!("k{i}"), &json!(i)).await?.0, 200);
+    }
+    let epoch_before = tc.cluster_view().await?["epoch"].clone();
+
+    tc.start_node("c2n1", true)?;
+    common::wait_replica_count(&tc, 2).await?;
+    tc.wait_ready().await?;
+    let view = tc.cluster_view().await?;
+    let clusters = view["clusters"].as_array().expect("clusters");
+    assert_eq!(clusters.len(), 2, "{view}");
+    assert_eq!(clusters[0]["partitions"], 1024, "{view}");
+    assert_eq!(clusters[1]["partitions"], 0, "{view}");
+    assert!(
+        clusters[1]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("migration")),
+        "the view explains why the new cluster holds nothing: {view}"
+    );
+    assert_eq!(
+        view["epoch"], epoch_before,
+        "the table did not change: {view}"
+    );
+    for i in 0..50 {
+        assert_eq!(tc.get(&format!("k{i}")).await?.1["val"], json!(i));
+    }
+    assert_eq!(tc.put("new", &json!(true)).await?.0, 200);
+    Ok(())
+}
+
+/// A `kill -9` of the admin alone: restarted with the same command line, it routes reads and
+/// writes from its persisted state at once, before any replica reports to it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_restart_resumes_routing_from_its_own_state() -> Result<()> {
+    let mut tc = common::new_cluster("admin_restart")?;
+    common::start_clusters(&mut tc, 2, 2).await?;
+    for i in 0..100 {
+        assert_eq!(tc.put(&format!("k{i}"), &json!(i)).await?.0, 200);
+    }
+    let before = tc.cluster_view().await?;
+
+    tc.kill9_admin();
+    tc.start_admin().await?;
+    // No wait for readiness: the first requests must already succeed.
+    for i in 0..100 {
+        let got = tc.get(&format!("k{i}")).await?;
+        assert_eq!(got.0, 200, "k{i} after the admin restart: {}", got.1);
+        assert_eq!(got.1["val"], json!(i));
+    }
+    assert_eq!(tc.put("after-restart", &json!(1)).await?.0, 200);
+    let after = tc.cluster_view().await?;
+    assert_eq!(after["epoch"], before["epoch"]);
+    assert_eq!(after["partitions"], before["partitions"]);
+    assert_eq!(
+        after["clusters"].as_array().map(Vec::len),
+        before["clusters"].as_array().map(Vec::len)
+    );
+    // And it becomes ready without any replica restarting.
+    tokio::time::timeout(Duration::from_secs(60), tc.wait_ready()).await??;
+    Ok(())
+}
