@@ -20,10 +20,21 @@ async fn kill_shrinks_membership_and_refuses_to_drop_the_last_replica_with_keys(
         assert_eq!(tc.put(&format!("k{i}"), &json!(i)).await?.0, 200);
     }
 
-    // Remove two replicas, one at a time (the leader included, if it is one of them).
+    // Remove two replicas, one at a time: first the leader itself, then a follower.
     let mut remaining = common::members(&tc, 1);
     for _ in 0..2 {
-        let victim = remaining.pop().expect("a replica to remove");
+        let refs: Vec<&str> = remaining.iter().map(String::as_str).collect();
+        let leader = tc.wait_leader(&refs).await?;
+        let victim = if remaining.len() == 3 {
+            leader
+        } else {
+            remaining
+                .iter()
+                .find(|n| **n != leader)
+                .expect("a follower")
+                .clone()
+        };
+        remaining.retain(|n| *n != victim);
         let dir = tc.node(&victim).dir.clone();
         let (ok, out) = tc.run_node_kill(&victim, &[])?;
         assert!(ok, "ravel_node kill {victim} succeeds: {out}");
@@ -142,5 +153,27 @@ async fn admin_restart_resumes_routing_from_its_own_state() -> Result<()> {
     );
     // And it becomes ready without any replica restarting.
     tokio::time::timeout(Duration::from_secs(60), tc.wait_ready()).await??;
+    Ok(())
+}
+
+/// Replicas started before the admin keep retrying their registration and form their clusters
+/// once the admin comes up.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_started_before_the_admin_wait_for_it() -> Result<()> {
+    let mut tc = common::new_cluster("start_order")?;
+    tc.start_node("c1n1", true)?;
+    wait_until(
+        "the replica retries its registration",
+        READY_TIMEOUT,
+        || async { tc.node_log("c1n1").contains("waiting for the admin") },
+    )
+    .await?;
+    tc.start_admin().await?;
+    common::wait_replica_count(&tc, 1).await?;
+    tc.start_node("c1n2", false)?;
+    common::wait_voters(&tc, 2).await?;
+    tc.wait_ready().await?;
+    assert_eq!(tc.put("k", &json!("v")).await?.0, 200);
+    assert_eq!(tc.get("k").await?.1["val"], json!("v"));
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! acknowledged writes. If the admin cannot be reached or refuses, nothing is deleted. This
 //! module must not change the membership itself.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -69,16 +70,48 @@ pub async fn kill(storagedir: &Path, force: bool) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Whether a process with this pid exists (signal 0 checks without sending anything).
+/// Whether the process with this pid is still running. A zombie (exited, not yet reaped by its
+/// parent) counts as gone: it holds no files and will never exit "more".
 fn alive(pid: Pid) -> bool {
-    // EPERM means it exists but belongs to someone else; only ESRCH means it is gone.
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        return stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X");
+    }
+    // No procfs: signal 0 checks existence. EPERM means it exists but belongs to someone else.
     !matches!(send_signal(pid, None), Err(nix::errno::Errno::ESRCH))
+}
+
+/// Whether `pid` runs `ravel_node start`: a pid file left behind by a `kill -9` may name a pid
+/// that the system has since given to an unrelated process, which must never be signalled.
+/// Without procfs this cannot be checked, and the pid is trusted.
+fn runs_ravel_node(pid: Pid) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => {
+            let mut args = cmdline.split(|b| *b == 0);
+            let program = args.next().unwrap_or_default();
+            let is_node = Path::new(std::ffi::OsStr::from_bytes(program))
+                .file_name()
+                .is_some_and(|name| name == "ravel_node");
+            is_node && args.any(|a| a == b"start")
+        }
+        Err(_) => !Path::new("/proc/self").exists(),
+    }
 }
 
 /// SIGTERM, a bounded wait, then SIGKILL.
 async fn stop_process(raw_pid: i32) {
     let pid = Pid::from_raw(raw_pid);
     if raw_pid == std::process::id() as i32 || !alive(pid) {
+        return;
+    }
+    if !runs_ravel_node(pid) {
+        tracing::warn!(
+            pid = raw_pid,
+            "the pid file names a process that is not a ravel_node replica; not signalling it"
+        );
         return;
     }
     tracing::info!(pid = raw_pid, "stopping the running replica (SIGTERM)");
@@ -152,5 +185,35 @@ mod tests {
         child.wait().unwrap();
         assert!(!alive(pid));
         assert!(alive(Pid::from_raw(std::process::id() as i32)));
+    }
+
+    /// An exited child that its parent has not reaped yet (a zombie) counts as stopped.
+    #[test]
+    fn zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !alive(pid),
+            "the exited child is seen as gone before it is reaped"
+        );
+        child.wait().unwrap();
+    }
+
+    /// A pid that runs something other than `ravel_node start` is never signalled.
+    #[test]
+    fn foreign_process_is_not_a_replica() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        assert!(alive(pid));
+        assert!(!runs_ravel_node(pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

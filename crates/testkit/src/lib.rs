@@ -273,6 +273,11 @@ impl TestCluster {
         &self.nodes.get(name).expect("known node").0
     }
 
+    /// Everything replica `name` has logged so far.
+    pub fn node_log(&self, name: &str) -> String {
+        fs::read_to_string(self.root.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     /// Names of every replica ever started.
     pub fn node_names(&self) -> Vec<String> {
         self.nodes.keys().cloned().collect()
