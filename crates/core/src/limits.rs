@@ -19,8 +19,10 @@ pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Default number of partitions chosen at the admin's first start.
 pub const DEFAULT_PARTITIONS: u32 = 1024;
 
-/// Upper bound on the partition count an operator may choose.
-pub const MAX_PARTITIONS: u32 = 65_536;
+/// Upper bound on the partition count an operator may choose. It keeps the admin's persisted
+/// table small (a few tens of KiB), well under the size at which sled moves a value out to a
+/// separate blob file, and one assignment command well under a gRPC message.
+pub const MAX_PARTITIONS: u32 = 16_384;
 
 /// Deadline of one admin → node data call (put, get, delete).
 pub const DATA_RPC_TIMEOUT_MS: u64 = 5_000;
