@@ -8,6 +8,7 @@ use std::path::PathBuf;
 mod common;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 use ravel_admin::AdminConfig;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,11 @@ struct StartArgs {
     /// Number of partitions P, fixed at the first start (default 1024).
     #[arg(long, value_name = "N")]
     partitions: Option<u32>,
+    /// Most partition moves (migrations) run at once; more move faster, fewer disturb client
+    /// traffic less.
+    #[arg(long, value_name = "N", default_value_t = ravel_admin::mover::DEFAULT_MAX_CONCURRENT_MOVES,
+          value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+    max_concurrent_moves: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             grpc: args.grpc,
             backup_path: args.backup_path,
             partitions: args.partitions,
+            max_concurrent_moves: args.max_concurrent_moves,
         };
         ravel_admin::run(config, shutdown).await?;
         Ok(())

@@ -1,5 +1,9 @@
 //! What `GET /v1/cluster` shows and what `GET /readyz` decides.
 //!
+//! The view shows, per cluster, its partitions, its key count (the leader's `Status`) and
+//! whether it is draining, and at the top the moves in progress and the largest write pause of
+//! any finished move (`max_write_pause_ms`).
+//!
 //! The view joins the persisted metadata with a live `Control.Status` from every replica (asked
 //! concurrently, each with a short deadline, so one dead replica costs the page
 //! [`STATUS_DEADLINE_MS`] and no more). Readiness makes no network call: it reads the table, the
@@ -60,6 +64,7 @@ pub async fn cluster_view(state: &AdminState) -> Value {
         .collect();
     let statuses = replica_statuses(state, all, STATUS_DEADLINE_MS).await;
     let epoch = meta.table.epoch;
+    let assignment_epoch = meta.assignment_epoch;
 
     let clusters: Vec<Value> = meta
         .clusters
@@ -67,6 +72,7 @@ pub async fn cluster_view(state: &AdminState) -> Value {
         .map(|&cluster| {
             let owned = meta.table.count_of(cluster);
             let mut leader: Option<(NodeId, u64)> = None;
+            let mut leader_keys: Option<u64> = None;
             let replicas: Vec<Value> = meta
                 .replicas_of(cluster)
                 .into_iter()
@@ -88,6 +94,7 @@ pub async fn cluster_view(state: &AdminState) -> Value {
                         Ok(s) => {
                             if s.role == "leader" && leader.is_none_or(|(_, t)| s.term > t) {
                                 leader = Some((r.node_id, s.term));
+                                leader_keys = Some(s.key_count);
                             }
                             let healthy = HEALTHY_ROLES.contains(&s.role.as_str());
                             (s.role.clone(), healthy, None)
@@ -105,6 +112,7 @@ pub async fn cluster_view(state: &AdminState) -> Value {
                         replica["term"] = json!(s.term);
                         replica["assignment_epoch"] = json!(s.assignment_epoch);
                         replica["serving_partitions"] = json!(s.serving_partitions);
+                        replica["keys"] = json!(s.key_count);
                     }
                     if let Some(e) = error {
                         replica["error"] = json!(e);
@@ -116,37 +124,57 @@ pub async fn cluster_view(state: &AdminState) -> Value {
             let leader = leader
                 .map(|(n, _)| n)
                 .or_else(|| state.pool.leader(cluster));
-            let mut view = json!({
+            let target = meta.target.iter().filter(|t| **t == Some(cluster)).count();
+            json!({
                 "id": cluster,
                 "leader": leader,
                 "partitions": owned,
-                "assignment_confirmed": state.placement.confirmed(cluster, epoch),
+                // The partitions the ring wants here; moves close the gap to `partitions`.
+                "target_partitions": target,
+                // The leader's count; null while no leader answered.
+                "keys": leader_keys,
+                "draining": meta.draining.contains(&cluster),
+                "assignment_confirmed": state.placement.confirmed(cluster, assignment_epoch),
                 "replicas": replicas,
-            });
-            if owned == 0 && meta.has_data {
-                view["note"] = json!(
-                    "this cluster holds no partitions because keys already existed when it \
-                     joined; it receives partitions when partition migration lands"
-                );
-            }
-            view
+            })
         })
         .collect();
 
+    let migrations: Vec<Value> = meta
+        .moves
+        .iter()
+        .map(|(&p, m)| {
+            let live = state.mover.keys_copied(p).unwrap_or(0);
+            json!({
+                "partition": p,
+                "source": m.source,
+                "target": m.target,
+                "step": m.step.name(),
+                "keys_copied": m.keys_copied.max(live),
+            })
+        })
+        .collect();
     json!({
         "partitions": meta.partitions,
         "epoch": epoch,
+        "assignment_epoch": assignment_epoch,
         "has_data": meta.has_data,
         "clusters": clusters,
-        "migrations": [],
+        "migrations": migrations,
+        // Partitions whose owner differs from the ring's choice and that no move handles yet.
+        "moves_pending": crate::meta::plan_moves(&meta).len(),
+        "max_write_pause_ms": meta.max_write_pause_ms,
     })
 }
 
 /// Ok when the admin can serve: every partition has an owner, every owning cluster has confirmed the
-/// current table epoch, and has a known leader. Err(reason) otherwise.
+/// current assignment epoch, and has a known leader. Err(reason) otherwise.
+///
+/// The assignment epoch, not the table epoch: table epochs that come from moves need no
+/// confirmation, because the mover switches the table only after the target answered ACTIVATE.
 pub fn readiness(state: &AdminState) -> Result<(), String> {
     let meta = state.meta.current();
-    let epoch = meta.table.epoch;
+    let epoch = meta.assignment_epoch;
     let mut owners = BTreeSet::<ClusterId>::new();
     for (p, owner) in meta.table.owners.iter().enumerate() {
         match owner {
@@ -168,7 +196,7 @@ pub fn readiness(state: &AdminState) -> Result<(), String> {
     for cluster in owners {
         if !state.placement.confirmed(cluster, epoch) {
             return Err(format!(
-                "cluster {cluster} has not yet confirmed partition table epoch {epoch}"
+                "cluster {cluster} has not yet confirmed partition assignment epoch {epoch}"
             ));
         }
         if state.pool.leader(cluster).is_none() {
@@ -212,8 +240,8 @@ mod tests {
         assert!(readiness(&state).unwrap_err().contains("no known leader"));
     }
 
-    /// The view lists every cluster and replica; an unreachable replica shows as such, and the
-    /// note about partition-less clusters appears only once keys exist.
+    /// The view lists every cluster and replica; an unreachable replica shows as such; a cluster
+    /// added after keys existed owns nothing yet but has target partitions.
     #[tokio::test]
     async fn view_marks_unreachable_replicas() {
         let dir = tempfile::tempdir().unwrap();
@@ -244,9 +272,22 @@ mod tests {
         let clusters = view["clusters"].as_array().unwrap();
         assert_eq!(clusters.len(), 2);
         assert_eq!(clusters[0]["partitions"], 8);
-        assert!(clusters[0].get("note").is_none());
         assert_eq!(clusters[1]["partitions"], 0);
-        assert!(clusters[1]["note"].as_str().unwrap().contains("migration"));
+        // Keys existed when cluster 2 came: it gets partitions only through moves.
+        assert_eq!(
+            clusters[1]["target_partitions"].as_u64().unwrap() as usize,
+            state
+                .meta
+                .current()
+                .target
+                .iter()
+                .filter(|t| **t == Some(2))
+                .count()
+        );
+        assert!(clusters[1]["target_partitions"].as_u64().unwrap() > 0);
+        assert_eq!(clusters[0]["draining"], false);
+        assert_eq!(clusters[0]["keys"], Value::Null);
+        assert_eq!(view["max_write_pause_ms"], 0);
         let replica = &clusters[0]["replicas"][0];
         assert_eq!(replica["role"], "unreachable");
         assert_eq!(replica["healthy"], false);

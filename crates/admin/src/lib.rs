@@ -8,7 +8,8 @@
 //!   durable store behind it; the one interface a replicated admin would later put on Raft.
 //! - [`pool`]: pooled gRPC channels per node and the leader cache per cluster.
 //! - [`node_api`]: the gRPC service replicas call (register, leader reports, removal).
-//! - [`placement`]: pushes the partition table to clusters and finds their leaders.
+//! - [`placement`]: pushes the partition assignment to clusters and finds their leaders.
+//! - [`mover`]: drives partition moves (migration) step by step, resuming them after a restart.
 //! - [`cluster_view`]: `/v1/cluster` and readiness.
 //! - [`router`]: the life of a client request from partition to leader and back.
 //! - [`http`]: the HTTP API with its limits, timeouts and connection cap.
@@ -18,6 +19,7 @@ pub mod cluster_view;
 pub mod error;
 pub mod http;
 pub mod meta;
+pub mod mover;
 pub mod node_api;
 pub mod placement;
 pub mod pool;
@@ -43,8 +45,10 @@ pub struct AdminState {
     pub meta: meta::MetaStore,
     /// gRPC channels and leader cache.
     pub pool: pool::NodePool,
-    /// Which clusters confirmed the current table epoch; wakes the placement task.
+    /// Which clusters confirmed the current assignment epoch; wakes the placement task.
     pub placement: placement::Placement,
+    /// Wakes the mover and holds its live copy progress.
+    pub mover: mover::Mover,
 }
 
 impl AdminState {
@@ -55,6 +59,7 @@ impl AdminState {
             meta,
             pool: pool::NodePool::new(),
             placement: placement::Placement::new(),
+            mover: mover::Mover::new(),
         }
     }
 }
@@ -73,6 +78,9 @@ pub struct AdminConfig {
     pub backup_path: PathBuf,
     /// Partition count for a first start (`--partitions`); fixed afterwards.
     pub partitions: Option<u32>,
+    /// Most partition moves started at once (`--max-concurrent-moves`, default
+    /// [`mover::DEFAULT_MAX_CONCURRENT_MOVES`]).
+    pub max_concurrent_moves: usize,
 }
 
 /// Why the admin could not start or stopped with an error.
@@ -127,6 +135,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
         grpc,
         backup_path,
         partitions,
+        max_concurrent_moves,
     } = config;
     let path = backup_path.clone();
     let meta = tokio::task::spawn_blocking(move || meta::MetaStore::open(&path, partitions))
@@ -145,6 +154,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
             clusters = m.clusters.len(),
             replicas = m.replicas.len(),
             has_data = m.has_data,
+            moves_in_progress = m.moves.len(),
             "admin metadata loaded"
         );
     }
@@ -159,6 +169,12 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     let stop = shutdown.child_token();
 
     let placement = tokio::spawn(placement::run(Arc::clone(&state), stop.clone()));
+    // Resumes every persisted move at once, then starts planned ones.
+    let mover = tokio::spawn(mover::run(
+        Arc::clone(&state),
+        max_concurrent_moves,
+        stop.clone(),
+    ));
     let grpc_server = {
         let service = node_api::NodeApi::new(Arc::clone(&state)).into_service();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
@@ -200,6 +216,9 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     if let Err(e) = placement.await {
         tracing::error!(error = %e, "placement task failed");
     }
+    if let Err(e) = mover.await {
+        tracing::error!(error = %e, "mover task failed");
+    }
     grpc_result.map_err(|e| AdminError::Task(e.to_string()))??;
     http_result
         .map_err(|e| AdminError::Task(e.to_string()))?
@@ -230,6 +249,7 @@ mod tests {
             grpc: taken.local_addr().unwrap(),
             backup_path: dir.path().to_path_buf(),
             partitions: Some(16),
+            max_concurrent_moves: mover::DEFAULT_MAX_CONCURRENT_MOVES,
         };
         let err = run(config.clone(), CancellationToken::new())
             .await

@@ -11,9 +11,22 @@
 //! publishes the new state. Nothing is acknowledged, and no reader sees a state, before it is
 //! durable. A restart therefore reloads exactly the last published state.
 //!
-//! This module must not talk to the network, and `apply` must stay free of side effects.
+//! # Two regimes, and migration
+//!
+//! While the store holds no keys (`has_data == false`) every change of the cluster set recomputes
+//! the table directly from the ring: nothing real moves, and each such table is an *assignment*
+//! that clusters apply with `Assign` (`assignment_epoch`). Once it holds keys, a change of the
+//! cluster set only recomputes `target`, the desired owners (the ring over the clusters that are
+//! not draining); [`plan_moves`] lists the partitions whose owner differs from their target, and
+//! each is moved by the mover through the steps of a [`MoveRecord`]. Every step is persisted here
+//! *before* the mover takes it, so a restarted admin repeats the persisted step (each is
+//! idempotent at the nodes) and carries on. The table itself then only changes through
+//! [`MetaCommand::SwitchOwner`] (after the target serves the partition) or a forced removal.
+//!
+//! This module must not talk to the network, and `apply` must stay free of side effects: times
+//! a move records (for its duration and write pause) arrive inside the commands.
 
-use ravel_core::{ClusterId, NodeId, PartitionTable, limits, table::ring_owners};
+use ravel_core::{ClusterId, NodeId, PartitionId, PartitionTable, limits, table::ring_owners};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,9 +39,12 @@ const META_TREE: &str = "meta";
 /// Key of the one record holding the whole serialized [`MetaState`].
 const STATE_KEY: &[u8] = b"state";
 
-/// First byte of the stored record: the encoding of what follows (1 = postcard of `MetaState`).
-/// A future layout gets a new tag, so an old binary refuses a newer file instead of misreading it.
+/// First byte of the stored record: the encoding of what follows (1 = postcard of the layout
+/// before migration, [`MetaStateV1`]; 2 = postcard of `MetaState`). A new layout gets a new tag,
+/// so an old binary refuses a newer file instead of misreading it, and a new binary upgrades an
+/// old one on load.
 const STATE_FORMAT_V1: u8 = 1;
+const STATE_FORMAT_V2: u8 = 2;
 
 /// sled 0.34's data file inside its directory; fsynced by hand because sled's own flush is not a
 /// full fsync on Linux (see `notes/libraries.md` §3.2). Tied to sled's file layout, pinned `=0.34.7`.
@@ -74,6 +90,133 @@ pub struct MetaState {
     /// The first replica of each cluster: the one that initializes its Raft group. Registering it
     /// again answers `bootstrap = true` again (its first reply may have been lost).
     pub founders: BTreeMap<ClusterId, NodeId>,
+    /// Epoch of the last table pushed to clusters with `Assign` (every table of the no-data
+    /// regime). Later epochs come from moves, which make their targets serve by migration steps,
+    /// so a cluster that applied this epoch serves exactly what the table gives it.
+    pub assignment_epoch: u64,
+    /// The desired owners: the ring over the clusters that are not draining, recomputed whenever
+    /// the cluster set changes. Equal to `table.owners` while the store holds no keys.
+    pub target: Vec<Option<ClusterId>>,
+    /// Clusters being emptied before their removal; they are never a move's target.
+    pub draining: BTreeSet<ClusterId>,
+    /// Moves in progress, each with the step persisted before it is taken.
+    pub moves: BTreeMap<PartitionId, MoveRecord>,
+    /// Largest write pause (freeze to table switch) of any finished move, in milliseconds.
+    pub max_write_pause_ms: u64,
+}
+
+/// The step a move has reached. Persisted *before* the step's action is taken, so that a
+/// restarted admin repeats it (every action is idempotent). Ordered: a move only goes forward,
+/// except to [`MoveStep::Aborting`] before [`MoveStep::Activating`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MoveStep {
+    /// Recorded; nothing sent yet.
+    Planned,
+    /// FREEZE at the source (writes refused from now on).
+    Freezing,
+    /// PREPARE_INCOMING at the target, then the copy in batches (ScanPartition → INGEST).
+    Copying,
+    /// RELEASE at the source (it stops serving reads).
+    Releasing,
+    /// ACTIVATE at the target, then the table switch. From here the move only goes forward.
+    Activating,
+    /// The table names the target; PURGE the source's copy, then finish.
+    Purging,
+    /// Giving up before ACTIVATE: RESTORE at the source, best-effort ABANDON at the target.
+    Aborting,
+}
+
+impl MoveStep {
+    /// Snake-case name used in `/v1/cluster` and logs.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Planned => "planned",
+            Self::Freezing => "freezing",
+            Self::Copying => "copying",
+            Self::Releasing => "releasing",
+            Self::Activating => "activating",
+            Self::Purging => "purging",
+            Self::Aborting => "aborting",
+        }
+    }
+
+    /// The step after this one on the way forward (Purging comes by the switch).
+    #[must_use]
+    pub fn next(self) -> Option<Self> {
+        match self {
+            Self::Planned => Some(Self::Freezing),
+            Self::Freezing => Some(Self::Copying),
+            Self::Copying => Some(Self::Releasing),
+            Self::Releasing => Some(Self::Activating),
+            Self::Activating | Self::Purging | Self::Aborting => None,
+        }
+    }
+
+    /// Whether ACTIVATE may have been sent, after which the move may not be aborted.
+    #[must_use]
+    pub fn past_activate(self) -> bool {
+        matches!(self, Self::Activating | Self::Purging)
+    }
+}
+
+/// One partition being moved from `source` to `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    pub source: ClusterId,
+    pub target: ClusterId,
+    pub step: MoveStep,
+    /// Records copied into the target so far (as last persisted).
+    pub keys_copied: u64,
+    /// Wall-clock times (ms since the Unix epoch) carried by the commands: start, FREEZE sent,
+    /// table switched. Only used for reporting.
+    pub started_at_ms: u64,
+    pub frozen_at_ms: Option<u64>,
+    pub switched_at_ms: Option<u64>,
+}
+
+impl MoveRecord {
+    /// Write pause (freeze → switch) in ms, once switched.
+    #[must_use]
+    pub fn write_pause_ms(&self) -> Option<u64> {
+        Some(self.switched_at_ms?.saturating_sub(self.frozen_at_ms?))
+    }
+}
+
+/// A move the planner proposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedMove {
+    pub partition: PartitionId,
+    pub source: ClusterId,
+    pub target: ClusterId,
+}
+
+/// The moves needed to reach `target`: every partition with an owner whose desired owner is
+/// another cluster, and no move in progress, in partition order. Pure.
+#[must_use]
+pub fn plan_moves(state: &MetaState) -> Vec<PlannedMove> {
+    state
+        .table
+        .owners
+        .iter()
+        .zip(&state.target)
+        .enumerate()
+        .filter_map(|(p, (owner, target))| {
+            let partition = PartitionId::try_from(p).ok()?;
+            match (owner, target) {
+                (Some(source), Some(target))
+                    if source != target && !state.moves.contains_key(&partition) =>
+                {
+                    Some(PlannedMove {
+                        partition,
+                        source: *source,
+                        target: *target,
+                    })
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// A change to the metadata.
@@ -90,6 +233,27 @@ pub enum MetaCommand {
     RemoveReplica { node_id: NodeId, force: bool },
     /// A write is about to be routed: from now on the table only changes through migration.
     MarkHasData,
+    /// Record a move of `partition` from `source` to `target` (step Planned), before any step.
+    StartMove {
+        partition: PartitionId,
+        source: ClusterId,
+        target: ClusterId,
+        at_ms: u64,
+    },
+    /// Persist that the move of `partition` now takes `step` (forward only, or Aborting before
+    /// Activating), with the records copied so far.
+    AdvanceMove {
+        partition: PartitionId,
+        step: MoveStep,
+        keys_copied: u64,
+        at_ms: u64,
+    },
+    /// The target serves the partition: table owner := target, epoch + 1, step Purging.
+    SwitchOwner { partition: PartitionId, at_ms: u64 },
+    /// The source's copy is purged: drop the record (after Purging).
+    FinishMove { partition: PartitionId },
+    /// The abort is done (source restored): drop the record (after Aborting).
+    AbortMove { partition: PartitionId },
 }
 
 /// What an applied command did.
@@ -110,6 +274,21 @@ pub enum MetaOutcome {
         table_changed: bool,
     },
     HasDataMarked,
+    /// The last replica of a cluster that holds keys asked to leave: the cluster is draining
+    /// instead (its partitions move away first). Repeat the removal until it is `Removed`.
+    Draining {
+        cluster_id: ClusterId,
+        partitions_left: u32,
+        moves_in_progress: u32,
+    },
+    /// A move command took effect (or was already in effect: commands are idempotent).
+    /// `record` is the move after it, `None` once finished or aborted.
+    Moved {
+        partition: PartitionId,
+        record: Option<MoveRecord>,
+        /// The table's epoch changed (a switch).
+        table_changed: bool,
+    },
 }
 
 impl MetaOutcome {
@@ -117,10 +296,10 @@ impl MetaOutcome {
     #[must_use]
     pub fn table_changed(&self) -> bool {
         match self {
-            Self::Registered { table_changed, .. } | Self::Removed { table_changed, .. } => {
-                *table_changed
-            }
-            Self::HasDataMarked => false,
+            Self::Registered { table_changed, .. }
+            | Self::Removed { table_changed, .. }
+            | Self::Moved { table_changed, .. } => *table_changed,
+            Self::HasDataMarked | Self::Draining { .. } => false,
         }
     }
 }
@@ -131,11 +310,13 @@ pub enum MetaRefusal {
     #[error("no cluster exists yet: start a replica with -l first")]
     NoCluster,
     #[error(
-        "replica is the last one of cluster {cluster}, which owns partitions holding keys; \
-         removing it would lose them. Draining a cluster's partitions to other clusters arrives \
-         with partition migration; until then pass --force to remove it and drop its partitions"
+        "replica is the last one of cluster {cluster}, which owns partitions holding keys, and \
+         no other cluster is left to drain them to; removing it would lose them. Add a cluster \
+         first, or pass --force to remove it and drop its partitions"
     )]
     LastReplicaHoldsKeys { cluster: ClusterId },
+    #[error("move of partition {partition} refused: {why}")]
+    MoveRefused { partition: PartitionId, why: String },
     #[error("no replica with node id {node_id}")]
     UnknownReplica { node_id: NodeId },
     #[error(
@@ -154,6 +335,7 @@ impl MetaRefusal {
             Self::LastReplicaHoldsKeys { .. } => "last_replica_holds_keys",
             Self::UnknownReplica { .. } => "unknown_replica",
             Self::ReplicaRemoved { .. } => "replica_removed",
+            Self::MoveRefused { .. } => "move_refused",
         }
     }
 }
@@ -216,7 +398,21 @@ impl MetaState {
             next_cluster_id: 1,
             tokens: BTreeMap::new(),
             founders: BTreeMap::new(),
+            assignment_epoch: 0,
+            target: vec![None; partitions as usize],
+            draining: BTreeSet::new(),
+            moves: BTreeMap::new(),
+            max_write_pause_ms: 0,
         }
+    }
+
+    /// Moves in progress that involve `cluster` as source or target.
+    #[must_use]
+    pub fn moves_involving(&self, cluster: ClusterId) -> usize {
+        self.moves
+            .values()
+            .filter(|m| m.source == cluster || m.target == cluster)
+            .count()
     }
 
     /// Replicas of `cluster`, in node-id order.
@@ -245,9 +441,180 @@ impl MetaState {
             } => self.register(token, raft_addr, grpc_addr, new_cluster),
             MetaCommand::RemoveReplica { node_id, force } => self.remove(node_id, force),
             MetaCommand::MarkHasData => {
-                self.has_data = true;
+                if !self.has_data {
+                    self.has_data = true;
+                    self.recompute_target();
+                }
                 Ok(MetaOutcome::HasDataMarked)
             }
+            MetaCommand::StartMove {
+                partition,
+                source,
+                target,
+                at_ms,
+            } => self.start_move(partition, source, target, at_ms),
+            MetaCommand::AdvanceMove {
+                partition,
+                step,
+                keys_copied,
+                at_ms,
+            } => self.advance_move(partition, step, keys_copied, at_ms),
+            MetaCommand::SwitchOwner { partition, at_ms } => self.switch_owner(partition, at_ms),
+            MetaCommand::FinishMove { partition } => self.end_move(partition, MoveStep::Purging),
+            MetaCommand::AbortMove { partition } => self.end_move(partition, MoveStep::Aborting),
+        }
+    }
+
+    fn moved(&self, partition: PartitionId, table_changed: bool) -> MetaOutcome {
+        MetaOutcome::Moved {
+            partition,
+            record: self.moves.get(&partition).cloned(),
+            table_changed,
+        }
+    }
+
+    fn start_move(
+        &mut self,
+        partition: PartitionId,
+        source: ClusterId,
+        target: ClusterId,
+        at_ms: u64,
+    ) -> Result<MetaOutcome, MetaRefusal> {
+        let refuse = |why: String| Err(MetaRefusal::MoveRefused { partition, why });
+        if let Some(existing) = self.moves.get(&partition) {
+            if existing.source == source && existing.target == target {
+                return Ok(self.moved(partition, false));
+            }
+            return refuse(format!(
+                "a move from cluster {} to cluster {} is in progress",
+                existing.source, existing.target
+            ));
+        }
+        if !self.has_data {
+            return refuse("the store holds no keys: the table is recomputed directly".into());
+        }
+        if self.table.owner(partition) != Some(source) {
+            return refuse(format!("cluster {source} does not own it"));
+        }
+        if source == target || !self.clusters.contains_key(&target) {
+            return refuse(format!("cluster {target} is not a valid target"));
+        }
+        if self.draining.contains(&target) {
+            return refuse(format!("cluster {target} is draining"));
+        }
+        self.moves.insert(
+            partition,
+            MoveRecord {
+                source,
+                target,
+                step: MoveStep::Planned,
+                keys_copied: 0,
+                started_at_ms: at_ms,
+                frozen_at_ms: None,
+                switched_at_ms: None,
+            },
+        );
+        Ok(self.moved(partition, false))
+    }
+
+    fn advance_move(
+        &mut self,
+        partition: PartitionId,
+        step: MoveStep,
+        keys_copied: u64,
+        at_ms: u64,
+    ) -> Result<MetaOutcome, MetaRefusal> {
+        let Some(record) = self.moves.get_mut(&partition) else {
+            return Err(MetaRefusal::MoveRefused {
+                partition,
+                why: "no move in progress".into(),
+            });
+        };
+        let allowed = match step {
+            // The switch and the end of a move have their own commands.
+            MoveStep::Planned | MoveStep::Purging => record.step == step,
+            MoveStep::Aborting => !record.step.past_activate(),
+            _ => record.step == step || record.step.next() == Some(step),
+        };
+        if !allowed {
+            return Err(MetaRefusal::MoveRefused {
+                partition,
+                why: format!(
+                    "cannot go from step {} to step {}",
+                    record.step.name(),
+                    step.name()
+                ),
+            });
+        }
+        if step == MoveStep::Freezing && record.frozen_at_ms.is_none() {
+            record.frozen_at_ms = Some(at_ms);
+        }
+        if step != record.step {
+            record.step = step;
+        }
+        // A repeated copy starts from zero again; otherwise the count only grows within a step.
+        record.keys_copied = keys_copied;
+        Ok(self.moved(partition, false))
+    }
+
+    fn switch_owner(
+        &mut self,
+        partition: PartitionId,
+        at_ms: u64,
+    ) -> Result<MetaOutcome, MetaRefusal> {
+        let Some(record) = self.moves.get_mut(&partition) else {
+            return Err(MetaRefusal::MoveRefused {
+                partition,
+                why: "no move in progress".into(),
+            });
+        };
+        match record.step {
+            MoveStep::Purging => return Ok(self.moved(partition, false)),
+            MoveStep::Activating => {}
+            other => {
+                return Err(MetaRefusal::MoveRefused {
+                    partition,
+                    why: format!("cannot switch the owner at step {}", other.name()),
+                });
+            }
+        }
+        record.step = MoveStep::Purging;
+        record.switched_at_ms = Some(at_ms);
+        let target = record.target;
+        let changed = self.table.owner(partition) != Some(target);
+        if changed {
+            if let Some(owner) = self.table.owners.get_mut(partition as usize) {
+                *owner = Some(target);
+            }
+            self.table.epoch += 1;
+        }
+        Ok(self.moved(partition, changed))
+    }
+
+    /// Drops the record of a move that reached `required` (Purging: finished; Aborting: aborted).
+    /// Idempotent: no record is success.
+    fn end_move(
+        &mut self,
+        partition: PartitionId,
+        required: MoveStep,
+    ) -> Result<MetaOutcome, MetaRefusal> {
+        match self.moves.get(&partition) {
+            None => Ok(self.moved(partition, false)),
+            Some(record) if record.step == required => {
+                if let Some(pause) = record.write_pause_ms() {
+                    self.max_write_pause_ms = self.max_write_pause_ms.max(pause);
+                }
+                self.moves.remove(&partition);
+                Ok(self.moved(partition, false))
+            }
+            Some(record) => Err(MetaRefusal::MoveRefused {
+                partition,
+                why: format!(
+                    "cannot end the move at step {} (needs {})",
+                    record.step.name(),
+                    required.name()
+                ),
+            }),
         }
     }
 
@@ -280,7 +647,14 @@ impl MetaState {
         } else {
             // The cluster with the fewest replicas; ties go to the lowest id (BTreeMap order and
             // `min_by_key` keeping the first minimum).
-            let Some(cluster) = self.clusters.values().min_by_key(|c| c.replicas.len()) else {
+            // Draining clusters are about to go: a joiner goes elsewhere when it can.
+            let pick = |skip_draining: bool| {
+                self.clusters
+                    .values()
+                    .filter(|c| !(skip_draining && self.draining.contains(&c.id)))
+                    .min_by_key(|c| c.replicas.len())
+            };
+            let Some(cluster) = pick(true).or_else(|| pick(false)) else {
                 return Err(MetaRefusal::NoCluster);
             };
             (cluster.id, false)
@@ -312,7 +686,9 @@ impl MetaState {
             self.founders.insert(cluster_id, node_id);
             // With keys stored, partitions may only move by migration: the new cluster starts
             // empty. Without keys, re-balancing over all clusters moves nothing real.
-            if !self.has_data {
+            if self.has_data {
+                self.recompute_target();
+            } else {
                 table_changed = self.recompute_table();
             }
         } else if let Some(cluster) = self.clusters.get_mut(&cluster_id) {
@@ -336,10 +712,27 @@ impl MetaState {
             .get(&cluster_id)
             .map_or(0, |c| c.replicas.iter().filter(|&&n| n != node_id).count());
         let last = others == 0;
-        let owns = self.table.count_of(cluster_id) > 0;
-        if last && owns && self.has_data && !force {
-            return Err(MetaRefusal::LastReplicaHoldsKeys {
-                cluster: cluster_id,
+        let owned = self.table.count_of(cluster_id);
+        let involved = self.moves_involving(cluster_id);
+        if last && (owned > 0 || involved > 0) && self.has_data && !force {
+            let can_drain = self
+                .clusters
+                .keys()
+                .any(|c| *c != cluster_id && !self.draining.contains(c));
+            // A cluster already draining keeps draining even if its destinations went away
+            // meanwhile: its moves in progress must still finish.
+            if !can_drain && !self.draining.contains(&cluster_id) {
+                return Err(MetaRefusal::LastReplicaHoldsKeys {
+                    cluster: cluster_id,
+                });
+            }
+            if self.draining.insert(cluster_id) {
+                self.recompute_target();
+            }
+            return Ok(MetaOutcome::Draining {
+                cluster_id,
+                partitions_left: u32::try_from(owned).unwrap_or(u32::MAX),
+                moves_in_progress: u32::try_from(involved).unwrap_or(u32::MAX),
             });
         }
 
@@ -348,9 +741,12 @@ impl MetaState {
         if last {
             self.clusters.remove(&cluster_id);
             self.founders.remove(&cluster_id);
+            self.draining.remove(&cluster_id);
             if self.has_data {
+                table_changed = self.forget_moves_of(cluster_id);
                 // Forced: the cluster's partitions become unowned (their keys are gone with it).
-                table_changed = self.unown(cluster_id);
+                table_changed |= self.unown(cluster_id);
+                self.recompute_target();
             } else {
                 table_changed = self.recompute_table();
             }
@@ -364,16 +760,70 @@ impl MetaState {
         })
     }
 
+    /// Settles the moves involving a cluster removed by force. Before ACTIVATE a move whose
+    /// target goes is aborted (the source is restored); a move whose source goes before ACTIVATE
+    /// is dropped (the data went with the source). After ACTIVATE a move whose target goes is
+    /// dropped and its partition unowned (the only serving copy went); one whose source goes
+    /// carries on (PURGE is skipped for a cluster that no longer exists). Returns whether the
+    /// table changed.
+    fn forget_moves_of(&mut self, cluster: ClusterId) -> bool {
+        let mut changed = false;
+        let partitions: Vec<PartitionId> = self.moves.keys().copied().collect();
+        for p in partitions {
+            let Some(record) = self.moves.get_mut(&p) else {
+                continue;
+            };
+            let past = record.step.past_activate();
+            if record.target == cluster {
+                if past {
+                    self.moves.remove(&p);
+                    if let Some(owner) = self.table.owners.get_mut(p as usize)
+                        && owner.is_some()
+                    {
+                        *owner = None;
+                        changed = true;
+                    }
+                } else {
+                    record.step = MoveStep::Aborting;
+                }
+            } else if record.source == cluster && !past {
+                self.moves.remove(&p);
+            }
+        }
+        if changed {
+            self.table.epoch += 1;
+        }
+        changed
+    }
+
+    /// Sets `target` to the ring over the clusters that are not draining (with data), or to the
+    /// table itself (no data: the table *is* recomputed).
+    fn recompute_target(&mut self) {
+        if !self.has_data {
+            self.target = self.table.owners.clone();
+            return;
+        }
+        let clusters: Vec<ClusterId> = self
+            .clusters
+            .keys()
+            .copied()
+            .filter(|c| !self.draining.contains(c))
+            .collect();
+        self.target = ring_owners(&clusters, self.partitions);
+    }
+
     /// Sets the table to the ring's proposal over the current clusters; bumps the epoch if any
     /// owner changed. Returns whether it did.
     fn recompute_table(&mut self) -> bool {
         let clusters: Vec<ClusterId> = self.clusters.keys().copied().collect();
         let owners = ring_owners(&clusters, self.partitions);
+        self.target.clone_from(&owners);
         if owners == self.table.owners {
             return false;
         }
         self.table.owners = owners;
         self.table.epoch += 1;
+        self.assignment_epoch = self.table.epoch;
         true
     }
 
@@ -412,6 +862,22 @@ impl MetaState {
                 }
             }
         }
+        if self.target.len() != self.partitions as usize {
+            return corrupt(format!("target has {} partitions", self.target.len()));
+        }
+        if let Some(c) = self
+            .draining
+            .iter()
+            .find(|c| !self.clusters.contains_key(c))
+        {
+            return corrupt(format!("draining cluster {c} does not exist"));
+        }
+        if let Some(p) = self.moves.keys().find(|p| **p >= self.partitions) {
+            return corrupt(format!("move of partition {p} is out of range"));
+        }
+        if self.assignment_epoch > self.table.epoch {
+            return corrupt("assignment epoch is ahead of the table".into());
+        }
         for (id, r) in &self.replicas {
             if *id != r.node_id || *id >= self.next_node_id {
                 return corrupt(format!("replica record {id} is inconsistent"));
@@ -431,17 +897,57 @@ impl MetaState {
     }
 }
 
+/// The stored layout before migration (format 1), kept to upgrade an older admin's file.
+#[derive(Deserialize)]
+struct MetaStateV1 {
+    partitions: u32,
+    table: PartitionTable,
+    clusters: BTreeMap<ClusterId, ClusterRecord>,
+    replicas: BTreeMap<NodeId, ReplicaRecord>,
+    has_data: bool,
+    next_node_id: NodeId,
+    next_cluster_id: ClusterId,
+    tokens: BTreeMap<u64, NodeId>,
+    founders: BTreeMap<ClusterId, NodeId>,
+}
+
+impl From<MetaStateV1> for MetaState {
+    fn from(v1: MetaStateV1) -> Self {
+        let target = v1.table.owners.clone();
+        // Format 1 only changed the table by recomputing (an assignment) or by a forced
+        // removal; either way no cluster needs more than the table's epoch.
+        let assignment_epoch = v1.table.epoch;
+        Self {
+            partitions: v1.partitions,
+            table: v1.table,
+            clusters: v1.clusters,
+            replicas: v1.replicas,
+            has_data: v1.has_data,
+            next_node_id: v1.next_node_id,
+            next_cluster_id: v1.next_cluster_id,
+            tokens: v1.tokens,
+            founders: v1.founders,
+            assignment_epoch,
+            target,
+            draining: BTreeSet::new(),
+            moves: BTreeMap::new(),
+            max_write_pause_ms: 0,
+        }
+    }
+}
+
 /// Encodes a state as stored: format tag, then postcard.
 fn encode(state: &MetaState) -> Result<Vec<u8>, MetaError> {
-    let mut bytes = vec![STATE_FORMAT_V1];
+    let mut bytes = vec![STATE_FORMAT_V2];
     bytes.extend(postcard::to_stdvec(state)?);
     Ok(bytes)
 }
 
-/// Decodes a stored state, refusing unknown format tags.
+/// Decodes a stored state (upgrading format 1), refusing unknown format tags.
 fn decode(bytes: &[u8]) -> Result<MetaState, MetaError> {
     match bytes.split_first() {
-        Some((&STATE_FORMAT_V1, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&STATE_FORMAT_V2, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&STATE_FORMAT_V1, rest)) => Ok(postcard::from_bytes::<MetaStateV1>(rest)?.into()),
         Some((&tag, _)) => Err(MetaError::UnknownFormat(tag)),
         None => Err(MetaError::Corrupt("empty state record".into())),
     }
@@ -853,6 +1359,331 @@ mod tests {
             store.current().table.owners.len(),
             limits::DEFAULT_PARTITIONS as usize
         );
+    }
+
+    fn start(p: PartitionId, source: ClusterId, target: ClusterId) -> MetaCommand {
+        MetaCommand::StartMove {
+            partition: p,
+            source,
+            target,
+            at_ms: 100,
+        }
+    }
+
+    fn adv(p: PartitionId, step: MoveStep, at_ms: u64) -> MetaCommand {
+        MetaCommand::AdvanceMove {
+            partition: p,
+            step,
+            keys_copied: 0,
+            at_ms,
+        }
+    }
+
+    /// A store with keys on cluster 1 (P partitions), then `extra` more clusters added.
+    fn loaded(partitions: u32, extra: u64) -> MetaState {
+        let mut s = MetaState::new(partitions);
+        s.apply(register(1, true)).unwrap();
+        s.apply(MetaCommand::MarkHasData).unwrap();
+        for token in 2..2 + extra {
+            s.apply(register(token, true)).unwrap();
+        }
+        s
+    }
+
+    /// Applies `cmd` twice: the second time must succeed and change nothing.
+    fn twice(s: &mut MetaState, cmd: MetaCommand) {
+        s.apply(cmd.clone()).unwrap();
+        let after = s.clone();
+        s.apply(cmd).unwrap();
+        assert_eq!(*s, after, "a repeated command must change nothing");
+    }
+
+    /// With keys stored, adding cluster N+1 plans moves only to the new cluster, exactly of the
+    /// partitions the ring gives it, and the fraction moved is within ±5 points of 1/(N+1).
+    #[test]
+    fn planner_adding_a_cluster_moves_only_to_it() {
+        let p = 1024;
+        for n in 1..=3u64 {
+            let mut s = loaded(p, n - 1);
+            // Reach the balanced table over N clusters first, as finished moves would.
+            s.table.owners.clone_from(&s.target);
+            let before = s.table.owners.clone();
+            s.apply(register(100 + n, true)).unwrap();
+            let new = s.next_cluster_id - 1;
+            assert_eq!(
+                s.table.owners, before,
+                "adding a cluster changes only the target"
+            );
+            let plan = plan_moves(&s);
+            let expected = ring_owners(&s.clusters.keys().copied().collect::<Vec<_>>(), p);
+            for m in &plan {
+                assert_eq!(m.target, new);
+                assert_eq!(Some(m.source), before[m.partition as usize]);
+                assert_eq!(expected[m.partition as usize], Some(new));
+            }
+            // Exactly the partitions that change owner.
+            let changed = before.iter().zip(&expected).filter(|(b, e)| b != e).count();
+            assert_eq!(plan.len(), changed);
+            let fraction = plan.len() as f64 / f64::from(p);
+            let ideal = 1.0 / (n as f64 + 1.0);
+            assert!(
+                (fraction - ideal).abs() <= 0.05,
+                "N={n}: moved {fraction:.3}, ideal {ideal:.3}"
+            );
+        }
+    }
+
+    /// Draining a cluster plans only its own partitions, each to its owner on the ring without
+    /// it; the refusal without another cluster and the drain answer are deterministic.
+    #[test]
+    fn planner_draining_moves_only_the_drained_clusters_partitions() {
+        let mut s = loaded(256, 2); // clusters 1, 2, 3
+        s.table.owners.clone_from(&s.target);
+        let before = s.table.owners.clone();
+        let outcome = s
+            .apply(MetaCommand::RemoveReplica {
+                node_id: 2,
+                force: false,
+            })
+            .unwrap();
+        let owned = before.iter().filter(|o| **o == Some(2)).count() as u32;
+        assert_eq!(
+            outcome,
+            MetaOutcome::Draining {
+                cluster_id: 2,
+                partitions_left: owned,
+                moves_in_progress: 0
+            }
+        );
+        assert!(s.draining.contains(&2) && s.clusters.contains_key(&2));
+        let without = ring_owners(&[1, 3], 256);
+        let plan = plan_moves(&s);
+        assert_eq!(plan.len(), owned as usize);
+        for m in &plan {
+            assert_eq!(m.source, 2);
+            assert_eq!(Some(m.target), without[m.partition as usize]);
+        }
+        // Repeating the removal while draining is idempotent.
+        twice(
+            &mut s,
+            MetaCommand::RemoveReplica {
+                node_id: 2,
+                force: false,
+            },
+        );
+        // A joiner avoids the draining cluster.
+        let (_, c, _, _) = registered(s.apply(register(50, false)).unwrap());
+        assert_ne!(c, 2);
+        // Once it owns nothing and no move involves it, the removal goes through.
+        for (p, owner) in s.table.owners.iter_mut().enumerate() {
+            if *owner == Some(2) {
+                *owner = without[p];
+            }
+        }
+        let out = s
+            .apply(MetaCommand::RemoveReplica {
+                node_id: 2,
+                force: false,
+            })
+            .unwrap();
+        assert!(matches!(
+            out,
+            MetaOutcome::Removed {
+                cluster_removed: true,
+                ..
+            }
+        ));
+        assert!(s.draining.is_empty());
+        assert!(plan_moves(&s).is_empty());
+    }
+
+    /// Every move command is idempotent, steps only go forward, the abort is refused once
+    /// ACTIVATE may have been sent, and the switch bumps the epoch exactly once.
+    #[test]
+    fn move_commands_are_idempotent_and_ordered() {
+        let mut s = loaded(64, 1);
+        let m = plan_moves(&s)[0];
+        let (p, src, dst) = (m.partition, m.source, m.target);
+        assert!(matches!(
+            s.apply(start(p, src, src)),
+            Err(MetaRefusal::MoveRefused { .. })
+        ));
+        twice(&mut s, start(p, src, dst));
+        assert!(matches!(
+            s.apply(start(p, src, 99)),
+            Err(MetaRefusal::MoveRefused { .. })
+        ));
+        assert!(!plan_moves(&s).iter().any(|m| m.partition == p));
+        // No skipping ahead.
+        assert!(s.apply(adv(p, MoveStep::Copying, 1)).is_err());
+        twice(&mut s, adv(p, MoveStep::Freezing, 200));
+        assert_eq!(s.moves[&p].frozen_at_ms, Some(200));
+        // A repeat later keeps the first freeze time.
+        s.apply(adv(p, MoveStep::Freezing, 300)).unwrap();
+        assert_eq!(s.moves[&p].frozen_at_ms, Some(200));
+        twice(&mut s, adv(p, MoveStep::Copying, 0));
+        twice(&mut s, adv(p, MoveStep::Releasing, 0));
+        assert!(
+            s.apply(adv(p, MoveStep::Copying, 0)).is_err(),
+            "no going back"
+        );
+        assert!(
+            s.apply(MetaCommand::SwitchOwner {
+                partition: p,
+                at_ms: 1
+            })
+            .is_err(),
+            "no switch before Activating"
+        );
+        twice(&mut s, adv(p, MoveStep::Activating, 0));
+        assert!(
+            s.apply(adv(p, MoveStep::Aborting, 0)).is_err(),
+            "no abort after ACTIVATE may have been sent"
+        );
+        let epoch = s.table.epoch;
+        let assignment = s.assignment_epoch;
+        twice(
+            &mut s,
+            MetaCommand::SwitchOwner {
+                partition: p,
+                at_ms: 700,
+            },
+        );
+        assert_eq!(s.table.epoch, epoch + 1);
+        assert_eq!(
+            s.assignment_epoch, assignment,
+            "a switch is not an assignment"
+        );
+        assert_eq!(s.table.owner(p), Some(dst));
+        assert_eq!(s.moves[&p].step, MoveStep::Purging);
+        assert!(s.apply(MetaCommand::AbortMove { partition: p }).is_err());
+        twice(&mut s, MetaCommand::FinishMove { partition: p });
+        assert!(s.moves.is_empty());
+        assert_eq!(s.max_write_pause_ms, 500);
+
+        // An abort before ACTIVATE restores nothing in the table.
+        let m = plan_moves(&s)[0];
+        s.apply(start(m.partition, m.source, m.target)).unwrap();
+        s.apply(adv(m.partition, MoveStep::Freezing, 1)).unwrap();
+        twice(&mut s, adv(m.partition, MoveStep::Aborting, 0));
+        assert!(s.apply(adv(m.partition, MoveStep::Copying, 0)).is_err());
+        assert!(
+            s.apply(MetaCommand::FinishMove {
+                partition: m.partition
+            })
+            .is_err()
+        );
+        twice(
+            &mut s,
+            MetaCommand::AbortMove {
+                partition: m.partition,
+            },
+        );
+        assert_eq!(s.table.owner(m.partition), Some(m.source));
+        assert!(s.moves.is_empty());
+        // Moves are refused while the store holds no keys.
+        let mut empty = MetaState::new(8);
+        empty.apply(register(1, true)).unwrap();
+        empty.apply(register(2, true)).unwrap();
+        assert!(plan_moves(&empty).is_empty());
+        assert!(empty.apply(start(0, 1, 2)).is_err());
+    }
+
+    /// A forced removal settles the moves involving the cluster: before ACTIVATE a move to it
+    /// is aborted, one from it dropped; after ACTIVATE a move to it is dropped and its partition
+    /// unowned.
+    #[test]
+    fn forced_removal_settles_moves() {
+        let mut s = loaded(64, 1); // clusters 1 (owner), 2 (target)
+        let plan = plan_moves(&s);
+        let (a, b) = (plan[0].partition, plan[1].partition);
+        for p in [a, b] {
+            s.apply(start(p, 1, 2)).unwrap();
+            s.apply(adv(p, MoveStep::Freezing, 1)).unwrap();
+        }
+        for step in [MoveStep::Copying, MoveStep::Releasing, MoveStep::Activating] {
+            s.apply(adv(b, step, 1)).unwrap();
+        }
+        s.apply(MetaCommand::RemoveReplica {
+            node_id: 2,
+            force: true,
+        })
+        .unwrap();
+        assert_eq!(s.moves[&a].step, MoveStep::Aborting);
+        assert!(!s.moves.contains_key(&b));
+        assert_eq!(s.table.owner(b), None);
+        assert_eq!(s.table.owner(a), Some(1));
+        assert!(s.target.iter().all(|t| *t == Some(1)));
+    }
+
+    /// A state with moves in progress and a draining cluster survives a reopen exactly, and a
+    /// format-1 record (before migration) is upgraded on load.
+    #[tokio::test]
+    async fn persistence_round_trip_with_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = {
+            let store = MetaStore::open(dir.path(), Some(32)).unwrap();
+            store.execute(register(1, true)).await.unwrap();
+            store.ensure_has_data().await.unwrap();
+            store.execute(register(2, true)).await.unwrap();
+            store.execute(register(3, true)).await.unwrap();
+            // A move to cluster 3 keeps it from leaving at once: it drains instead.
+            let plan = plan_moves(&store.current());
+            let m = plan.iter().find(|m| m.target == 3).copied().unwrap();
+            store
+                .execute(start(m.partition, m.source, m.target))
+                .await
+                .unwrap();
+            store
+                .execute(adv(m.partition, MoveStep::Freezing, 5))
+                .await
+                .unwrap();
+            let out = store
+                .execute(MetaCommand::RemoveReplica {
+                    node_id: 3,
+                    force: false,
+                })
+                .await;
+            assert!(matches!(out, Ok(MetaOutcome::Draining { .. })), "{out:?}");
+            (*store.current()).clone()
+        };
+        assert_eq!(expected.moves.len(), 1);
+        let reopened = MetaStore::open(dir.path(), None).unwrap();
+        assert_eq!(*reopened.current(), expected);
+
+        // Format 1 upgrade: the old layout is the new one's prefix of fields.
+        #[derive(Serialize)]
+        struct V1<'a> {
+            partitions: u32,
+            table: &'a PartitionTable,
+            clusters: &'a BTreeMap<ClusterId, ClusterRecord>,
+            replicas: &'a BTreeMap<NodeId, ReplicaRecord>,
+            has_data: bool,
+            next_node_id: NodeId,
+            next_cluster_id: ClusterId,
+            tokens: &'a BTreeMap<u64, NodeId>,
+            founders: &'a BTreeMap<ClusterId, NodeId>,
+        }
+        let mut old = MetaState::new(16);
+        old.apply(register(1, true)).unwrap();
+        old.apply(MetaCommand::MarkHasData).unwrap();
+        let mut bytes = vec![STATE_FORMAT_V1];
+        bytes.extend(
+            postcard::to_stdvec(&V1 {
+                partitions: old.partitions,
+                table: &old.table,
+                clusters: &old.clusters,
+                replicas: &old.replicas,
+                has_data: old.has_data,
+                next_node_id: old.next_node_id,
+                next_cluster_id: old.next_cluster_id,
+                tokens: &old.tokens,
+                founders: &old.founders,
+            })
+            .unwrap(),
+        );
+        let upgraded = decode(&bytes).unwrap();
+        assert_eq!(upgraded, old);
     }
 
     /// A stored record with an unknown format tag is refused rather than misread.

@@ -161,8 +161,10 @@ impl Admin for NodeApi {
             grpc_addr = req.grpc_addr,
             "replica registered"
         );
-        // A new cluster needs its (possibly empty) assignment; a changed table needs pushing.
+        // A new cluster needs its (possibly empty) assignment; a changed table needs pushing; a
+        // new cluster with keys stored changes the desired owners, so moves are planned.
         self.state.placement.wake();
+        self.state.mover.wake();
         Ok(Response::new(RegisterReply {
             node_id,
             cluster_id,
@@ -246,11 +248,58 @@ impl Admin for NodeApi {
         };
         let command = MetaCommand::RemoveReplica { node_id, force };
         // Refuse before touching the cluster's membership if the admin would refuse anyway.
-        (*meta)
+        let preview = (*meta)
             .clone()
             .apply(command.clone())
             .map_err(|r| meta_status(r.into()))?;
         let cluster = record.cluster_id;
+        if let MetaOutcome::Draining { .. } = preview {
+            // The last replica of a cluster holding keys: drain first (idempotent), answer
+            // "not done"; the caller repeats the call until the cluster owns nothing.
+            let outcome = self
+                .state
+                .meta
+                .execute(command)
+                .await
+                .map_err(meta_status)?;
+            self.state.mover.wake();
+            return match outcome {
+                MetaOutcome::Draining {
+                    partitions_left,
+                    moves_in_progress,
+                    ..
+                } => {
+                    tracing::info!(
+                        node_id,
+                        cluster,
+                        partitions_left,
+                        moves_in_progress,
+                        "cluster draining before its removal"
+                    );
+                    Ok(Response::new(RemoveReplicaReply {
+                        done: false,
+                        partitions_left,
+                        moves_in_progress,
+                    }))
+                }
+                // Between the preview and now the last partition moved away, so the command
+                // removed the replica (the last of its cluster: no Leave was needed).
+                _ => {
+                    self.state.pool.drop_channel(&record.grpc_addr);
+                    self.state.pool.forget_cluster(cluster);
+                    self.state.placement.wake();
+                    tracing::info!(
+                        node_id,
+                        cluster,
+                        "replica removed after its cluster drained"
+                    );
+                    Ok(Response::new(RemoveReplicaReply {
+                        done: true,
+                        ..RemoveReplicaReply::default()
+                    }))
+                }
+            };
+        }
         let has_others = meta
             .replicas_of(cluster)
             .iter()
@@ -281,7 +330,11 @@ impl Admin for NodeApi {
             "replica removed"
         );
         self.state.placement.wake();
-        Ok(Response::new(RemoveReplicaReply {}))
+        self.state.mover.wake();
+        Ok(Response::new(RemoveReplicaReply {
+            done: true,
+            ..RemoveReplicaReply::default()
+        }))
     }
 }
 

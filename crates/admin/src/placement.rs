@@ -1,10 +1,14 @@
-//! Pushing the partition table to clusters, and finding cluster leaders for control calls.
+//! Pushing the partition assignment to clusters, and finding cluster leaders for control calls.
 //!
-//! The persisted table says which partitions each cluster owns at epoch `e`; a cluster only
-//! serves what its own Raft log has applied (`Command::Assign`). This module closes that gap: a
-//! background task sends every cluster whose confirmed assignment epoch is below the table epoch
-//! an `Assign{epoch, partitions}` on its leader, until the leader answers with an epoch at least
-//! `e`. A cluster that owns nothing is sent the empty set too, so that it knows it owns nothing.
+//! The persisted table says which partitions each cluster owns; a cluster only serves what its
+//! own Raft log has applied. While the store holds no keys, every table is an *assignment*
+//! (`MetaState::assignment_epoch`): a background task sends every cluster whose confirmed
+//! assignment epoch is below it an `Assign{epoch, partitions}` on its leader, until the leader
+//! answers with an epoch at least that. A cluster that owns nothing is sent the empty set too, so
+//! that it knows it owns nothing. Once the store holds keys, ownership changes only by migration
+//! steps (the mover), which change no assignment epoch: a cluster that confirmed the assignment
+//! epoch ignores any later `Assign` of that epoch (nodes apply only newer epochs), and the mover
+//! starts moves only between confirmed clusters, so an `Assign` can never undo a move.
 //! The task runs on a wake-up (table change, new leader) and every [`PLACEMENT_INTERVAL_MS`];
 //! after an admin restart nothing is confirmed, so every cluster is sent the table again (the
 //! node answers an Assign that is not newer with the epoch it already has).
@@ -122,7 +126,7 @@ async fn pass(state: &SharedState) {
     let meta = state.meta.current();
     let clusters: BTreeSet<ClusterId> = meta.clusters.keys().copied().collect();
     state.placement.retain(&clusters);
-    let epoch = meta.table.epoch;
+    let epoch = meta.assignment_epoch;
     let mut tasks = JoinSet::new();
     for &cluster in &clusters {
         let state = SharedState::clone(state);
@@ -142,7 +146,7 @@ async fn pass(state: &SharedState) {
 /// Sends `cluster` its partitions of the current table; records the confirmation.
 async fn assign(state: &AdminState, cluster: ClusterId) {
     let meta = state.meta.current();
-    let epoch = meta.table.epoch;
+    let epoch = meta.assignment_epoch;
     let partitions = meta.table.partitions_of(cluster);
     let count = partitions.len();
     let result = call_leader(state, cluster, |mut client| {
@@ -164,6 +168,8 @@ async fn assign(state: &AdminState, cluster: ClusterId) {
         Ok(applied) if applied >= epoch => {
             state.placement.set_confirmed(cluster, applied);
             state.placement.clear_failure(cluster);
+            // Moves to and from this cluster may start now.
+            state.mover.wake();
             tracing::info!(
                 cluster,
                 epoch = applied,
@@ -325,7 +331,8 @@ mod tests {
     use ravel_proto::v1::admin_server::Admin;
     use ravel_proto::v1::control_server::{Control, ControlServer};
     use ravel_proto::v1::{
-        AssignReply, JoinReply, JoinRequest, LeaveReply, LeaveRequest, RemoveReplicaRequest,
+        AssignReply, JoinReply, JoinRequest, LeaveReply, LeaveRequest, MigrateReply,
+        MigrateRequest, RemoveReplicaRequest, ScanPartitionReply, ScanPartitionRequest,
         StatusReply, StatusRequest,
     };
     use std::sync::Arc;
@@ -373,6 +380,20 @@ mod tests {
 
         async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
             Err(Status::unimplemented("not used"))
+        }
+
+        async fn migrate(
+            &self,
+            _: Request<MigrateRequest>,
+        ) -> Result<Response<MigrateReply>, Status> {
+            Err(Status::unimplemented("not used (see the mover's tests)"))
+        }
+
+        async fn scan_partition(
+            &self,
+            _: Request<ScanPartitionRequest>,
+        ) -> Result<Response<ScanPartitionReply>, Status> {
+            Err(Status::unimplemented("not used (see the mover's tests)"))
         }
 
         async fn leave(&self, r: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {

@@ -3,7 +3,8 @@
 //!
 //! `Join` adds a replica as a learner, waits (bounded) until it has caught up, then promotes it;
 //! it is idempotent so a joiner can simply call it again. `Leave` removes a replica but never the
-//! last voter. `Assign` proposes the partition set through the Raft log. Answers travel in the
+//! last voter. `Assign` proposes the partition set through the Raft log. `Migrate` and
+//! `ScanPartition` are handled in `migration`. Answers travel in the
 //! reply's `error` field (mapped by `NodeError::to_wire`). This module must not touch storage
 //! directly except through the read-only `SmReader`.
 
@@ -18,14 +19,15 @@ use ravel_core::command::{Command, CommandResult};
 use ravel_core::limits::{CONTROL_RPC_TIMEOUT_MS, MAX_PARTITIONS};
 use ravel_proto::v1::control_server::Control;
 use ravel_proto::v1::{
-    AssignReply, AssignRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, StatusReply,
-    StatusRequest,
+    AssignReply, AssignRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, MigrateReply,
+    MigrateRequest, ScanPartitionReply, ScanPartitionRequest, StatusReply, StatusRequest,
 };
 use ravel_storage::{RavelNode, TypeConfig};
 use tonic::{Request, Response, Status};
 
 use crate::data_service::refusal;
 use crate::error::{NodeError, wire_error};
+use crate::migration;
 use crate::replica::Replica;
 
 /// How long the leader waits for a new learner to catch up before answering UNAVAILABLE; the
@@ -248,5 +250,23 @@ impl Control for ControlService {
             },
         };
         Ok(Response::new(reply))
+    }
+
+    async fn migrate(
+        &self,
+        request: Request<MigrateRequest>,
+    ) -> Result<Response<MigrateReply>, Status> {
+        Ok(Response::new(
+            migration::migrate(&self.replica, request.into_inner()).await,
+        ))
+    }
+
+    async fn scan_partition(
+        &self,
+        request: Request<ScanPartitionRequest>,
+    ) -> Result<Response<ScanPartitionReply>, Status> {
+        Ok(Response::new(
+            migration::scan_partition(&self.replica, request.into_inner()).await,
+        ))
     }
 }

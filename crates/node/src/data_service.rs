@@ -76,6 +76,10 @@ impl DataService {
             .get(r.partition, &r.key)
             .map_err(|refused| match refused {
                 ReadRefused::WrongOwner { epoch } => NodeError::WrongOwner { epoch },
+                // Only a partition scan asks for a frozen partition; a get never sees this.
+                refused @ ReadRefused::NotFrozen { .. } => {
+                    NodeError::Unavailable(format!("unexpected read refusal: {refused}"))
+                }
                 ReadRefused::Unavailable { reason } => {
                     NodeError::Unavailable(format!("the state machine could not be read: {reason}"))
                 }
@@ -104,6 +108,9 @@ pub(crate) fn refusal(result: CommandResult) -> NodeError {
     match result {
         CommandResult::CasMismatch { current } => NodeError::CasMismatch { current },
         CommandResult::WrongOwner { epoch } => NodeError::WrongOwner { epoch },
+        CommandResult::MigrationRefused { state, reason } => {
+            NodeError::MigrationRefused { state, reason }
+        }
         other => NodeError::OutcomeUnknown(format!("unexpected state machine answer {other:?}")),
     }
 }

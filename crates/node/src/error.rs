@@ -4,6 +4,7 @@
 //! answers a `Data` or `Control` call can give; [`NodeError::to_wire`] is the only place that turns
 //! any of them into a `ravel_proto::v1::NodeError`. This module must not log or retry.
 
+use ravel_core::command::PartitionState;
 use ravel_core::{ClusterId, NodeId};
 use ravel_proto::v1;
 
@@ -44,6 +45,13 @@ pub enum NodeError {
     /// The cluster does not serve the partition as of assignment `epoch`; nothing was applied.
     #[error("this cluster does not serve the partition (assignment epoch {epoch})")]
     WrongOwner { epoch: u64 },
+    /// A migration step (or a partition scan) is not allowed in the partition's current
+    /// `state` here; nothing changed. Travels as WRONG_OWNER with `reason` in the message.
+    #[error("migration refused, partition {}: {reason}", PartitionState::name(*state))]
+    MigrationRefused {
+        state: Option<PartitionState>,
+        reason: String,
+    },
     /// A compare-and-set condition failed; the key is at version `current` (0 = absent).
     #[error("the key is at version {current}, not the one the request expected")]
     CasMismatch { current: u64 },
@@ -78,6 +86,7 @@ impl NodeError {
             Self::Serve { .. } => "serve",
             Self::NotLeader { .. } => "not_leader",
             Self::WrongOwner { .. } => "wrong_owner",
+            Self::MigrationRefused { .. } => "migration_refused",
             Self::CasMismatch { .. } => "cas_mismatch",
             Self::Unavailable(_) => "unavailable",
             Self::OutcomeUnknown(_) => "outcome_unknown",
@@ -117,6 +126,7 @@ impl NodeError {
                 wire.epoch = *epoch;
                 Kind::WrongOwner
             }
+            Self::MigrationRefused { .. } => Kind::WrongOwner,
             Self::CasMismatch { current } => {
                 wire.current_version = *current;
                 Kind::CasMismatch
@@ -173,6 +183,17 @@ mod tests {
         assert_eq!((w.kind(), w.current_version), (Kind::CasMismatch, 7));
         let w = NodeError::WrongOwner { epoch: 9 }.to_wire();
         assert_eq!((w.kind(), w.epoch), (Kind::WrongOwner, 9));
+        let w = NodeError::MigrationRefused {
+            state: Some(PartitionState::Serving),
+            reason: "release is not allowed while the partition is serving".into(),
+        }
+        .to_wire();
+        assert_eq!(w.kind(), Kind::WrongOwner);
+        assert!(
+            w.message.contains("release is not allowed"),
+            "{}",
+            w.message
+        );
         let w = NodeError::OutcomeUnknown("t".into()).to_wire();
         assert_eq!(w.kind(), Kind::OutcomeUnknown);
         let w = NodeError::Raft("x".into()).to_wire();

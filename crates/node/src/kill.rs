@@ -2,8 +2,15 @@
 //!
 //! The order matters: the admin removes the replica from the Raft membership (and its records)
 //! first, and only then is the data deleted — wiping a replica that is still a member can lose
-//! acknowledged writes. If the admin cannot be reached or refuses, nothing is deleted. This
-//! module must not change the membership itself.
+//! acknowledged writes. If the admin cannot be reached or refuses, nothing is deleted.
+//!
+//! Removing the last replica of a cluster that owns partitions first drains them to the other
+//! clusters (DESIGN §4). The admin starts the drain on the first `RemoveReplica` call and answers
+//! `done = false` with the progress; `kill` repeats the call every [`DRAIN_POLL_MS`] until the
+//! admin answers `done`, for at most [`DRAIN_TIMEOUT_MS`], and only then stops the process and
+//! deletes the directory. Once the admin has answered, a moment in which it cannot be reached
+//! (it restarts; moves resume from its persisted plan) is waited out within the same bound.
+//! This module must not change the membership itself.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -12,7 +19,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill as send_signal};
 use nix::unistd::Pid;
 use ravel_core::limits::CONTROL_RPC_TIMEOUT_MS;
-use ravel_proto::v1::RemoveReplicaRequest;
+use ravel_proto::v1::admin_client::AdminClient;
+use ravel_proto::v1::{RemoveReplicaReply, RemoveReplicaRequest};
+use tonic::transport::Channel;
 
 use crate::error::NodeError;
 use crate::identity;
@@ -20,6 +29,17 @@ use crate::membership::{admin_client, with_deadline};
 
 /// Deadline of the RemoveReplica call: the admin may drain partitions and change membership.
 pub const REMOVE_REPLICA_TIMEOUT_MS: u64 = 6 * CONTROL_RPC_TIMEOUT_MS;
+
+/// Overall bound on waiting for the admin to drain the cluster's partitions and remove the
+/// replica. Moving every partition of a large cluster takes a while; past this, `kill` fails
+/// and deletes nothing (calling it again resumes waiting on the same drain).
+pub const DRAIN_TIMEOUT_MS: u64 = 30 * 60 * 1_000;
+
+/// Pause between `RemoveReplica` calls while the admin drains.
+pub const DRAIN_POLL_MS: u64 = 1_000;
+
+/// While the drain's progress does not change, it is logged at most this often.
+const DRAIN_LOG_EVERY_MS: u64 = 10_000;
 
 /// How long a replica may take to exit after SIGTERM before it gets SIGKILL.
 pub const STOP_GRACE_MS: u64 = 10_000;
@@ -46,19 +66,13 @@ pub async fn kill(storagedir: &Path, force: bool) -> Result<(), NodeError> {
         admin = %identity.admin_addr,
         "asking the admin to remove this replica"
     );
-    admin
-        .clone()
-        .remove_replica(with_deadline(request, REMOVE_REPLICA_TIMEOUT_MS))
-        .await
-        .map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                NodeError::AdminUnreachable {
-                    addr: identity.admin_addr.clone(),
-                    message: status.message().to_owned(),
-                }
-            }
-            _ => NodeError::AdminRefused(status.message().to_owned()),
-        })?;
+    remove_until_done(
+        &admin,
+        &identity.admin_addr,
+        request,
+        Duration::from_millis(DRAIN_TIMEOUT_MS),
+    )
+    .await?;
     tracing::info!(node = identity.node_id, "the admin removed this replica");
     if let Some(pid) = identity::read_pid(storagedir) {
         stop_process(pid).await;
@@ -68,6 +82,74 @@ pub async fn kill(storagedir: &Path, force: bool) -> Result<(), NodeError> {
         .map_err(|e| NodeError::io(format!("deleting {}", storagedir.display()), e))?;
     tracing::info!("deleted {}", storagedir.display());
     Ok(())
+}
+
+/// Calls `RemoveReplica` until the admin answers `done` (see the module doc), at most for
+/// `timeout`. A refusal, or an unreachable admin before it ever answered, fails at once.
+async fn remove_until_done(
+    admin: &AdminClient<Channel>,
+    admin_addr: &str,
+    request: RemoveReplicaRequest,
+    timeout: Duration,
+) -> Result<(), NodeError> {
+    let deadline = Instant::now() + timeout;
+    let mut answered = false;
+    let mut last_progress: Option<(u32, u32)> = None;
+    let mut last_log = Instant::now();
+    loop {
+        match remove_once(admin, admin_addr, request).await {
+            Ok(reply) if reply.done => return Ok(()),
+            Ok(reply) => {
+                answered = true;
+                let progress = (reply.partitions_left, reply.moves_in_progress);
+                if last_progress != Some(progress)
+                    || last_log.elapsed() >= Duration::from_millis(DRAIN_LOG_EVERY_MS)
+                {
+                    tracing::info!(
+                        "draining: {} partitions left, {} moves in progress",
+                        reply.partitions_left,
+                        reply.moves_in_progress
+                    );
+                    last_progress = Some(progress);
+                    last_log = Instant::now();
+                }
+            }
+            Err(e @ NodeError::AdminUnreachable { .. }) if answered => {
+                tracing::warn!("draining: {e}; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        if Instant::now() >= deadline {
+            return Err(NodeError::Unavailable(format!(
+                "the admin did not finish draining this cluster within {} s; nothing was \
+                 deleted, run kill again to keep waiting",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
+}
+
+/// One `RemoveReplica` call under its deadline, with its failure classified.
+async fn remove_once(
+    admin: &AdminClient<Channel>,
+    admin_addr: &str,
+    request: RemoveReplicaRequest,
+) -> Result<RemoveReplicaReply, NodeError> {
+    admin
+        .clone()
+        .remove_replica(with_deadline(request, REMOVE_REPLICA_TIMEOUT_MS))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                NodeError::AdminUnreachable {
+                    addr: admin_addr.to_owned(),
+                    message: status.message().to_owned(),
+                }
+            }
+            _ => NodeError::AdminRefused(status.message().to_owned()),
+        })
 }
 
 /// Whether the process with this pid is still running. A zombie (exited, not yet reaped by its
@@ -174,6 +256,132 @@ mod tests {
         identity::store(dir.path(), &identity).unwrap();
         let err = kill(dir.path(), false).await.unwrap_err();
         assert_eq!(err.code(), "admin_unreachable", "{err}");
+        assert!(dir.path().join("node.json").exists());
+    }
+
+    /// An admin that answers RemoveReplica with a scripted sequence of replies.
+    #[derive(Clone)]
+    struct ScriptedAdmin {
+        replies: std::sync::Arc<std::sync::Mutex<Vec<Result<RemoveReplicaReply, tonic::Status>>>>,
+        calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    #[tonic::async_trait]
+    impl ravel_proto::v1::admin_server::Admin for ScriptedAdmin {
+        async fn register(
+            &self,
+            _: tonic::Request<ravel_proto::v1::RegisterRequest>,
+        ) -> Result<tonic::Response<ravel_proto::v1::RegisterReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn cluster_info(
+            &self,
+            _: tonic::Request<ravel_proto::v1::ClusterInfoRequest>,
+        ) -> Result<tonic::Response<ravel_proto::v1::ClusterInfoReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn report_leader(
+            &self,
+            _: tonic::Request<ravel_proto::v1::LeaderReport>,
+        ) -> Result<tonic::Response<ravel_proto::v1::LeaderReportReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn remove_replica(
+            &self,
+            _: tonic::Request<RemoveReplicaRequest>,
+        ) -> Result<tonic::Response<RemoveReplicaReply>, tonic::Status> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut replies = self.replies.lock().unwrap();
+            let next = if replies.len() > 1 {
+                replies.remove(0)
+            } else {
+                replies[0].clone()
+            };
+            next.map(tonic::Response::new)
+        }
+    }
+
+    /// Starts a scripted admin and writes an identity pointing at it into a new directory.
+    async fn scripted(
+        replies: Vec<Result<RemoveReplicaReply, tonic::Status>>,
+    ) -> (ScriptedAdmin, tempfile::TempDir) {
+        let admin = ScriptedAdmin {
+            replies: std::sync::Arc::new(std::sync::Mutex::new(replies)),
+            calls: std::sync::Arc::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ravel_proto::v1::admin_server::AdminServer::new(
+                    admin.clone(),
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let identity = identity::Identity {
+            node_id: 4,
+            cluster_id: 2,
+            bootstrap: true,
+            raft_addr: "127.0.0.1:1".into(),
+            grpc_addr: "127.0.0.1:2".into(),
+            admin_addr: addr,
+        };
+        identity::store(dir.path(), &identity).unwrap();
+        (admin, dir)
+    }
+
+    fn draining(partitions_left: u32, moves_in_progress: u32) -> RemoveReplicaReply {
+        RemoveReplicaReply {
+            done: false,
+            partitions_left,
+            moves_in_progress,
+        }
+    }
+
+    /// While the admin drains, kill keeps asking and deletes nothing; once the admin answers
+    /// `done`, it deletes the directory.
+    #[tokio::test]
+    async fn waits_for_the_drain_then_deletes() {
+        let done = RemoveReplicaReply {
+            done: true,
+            ..RemoveReplicaReply::default()
+        };
+        let (admin, dir) = scripted(vec![Ok(draining(3, 2)), Ok(draining(1, 1)), Ok(done)]).await;
+        let storagedir = dir.path().to_path_buf();
+        kill(&storagedir, false).await.unwrap();
+        assert_eq!(admin.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(!storagedir.exists());
+    }
+
+    /// A drain that never finishes within the bound fails kill and deletes nothing; a refusal
+    /// (the last cluster holding keys, without --force) fails at once and deletes nothing.
+    #[tokio::test]
+    async fn unfinished_drain_or_refusal_deletes_nothing() {
+        let (admin, dir) = scripted(vec![Ok(draining(5, 1))]).await;
+        let identity = identity::load(dir.path()).unwrap().unwrap();
+        let client = admin_client(&identity.admin_addr).unwrap();
+        let request = RemoveReplicaRequest {
+            node_id: identity.node_id,
+            force: false,
+        };
+        let err = remove_until_done(
+            &client,
+            &identity.admin_addr,
+            request,
+            Duration::from_millis(1_500),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), "unavailable", "{err}");
+        assert!(admin.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+
+        let (_admin, dir) = scripted(vec![Err(tonic::Status::failed_precondition(
+            "the last cluster holds keys; use --force",
+        ))])
+        .await;
+        let err = kill(dir.path(), false).await.unwrap_err();
+        assert_eq!(err.code(), "admin_refused", "{err}");
         assert!(dir.path().join("node.json").exists());
     }
 

@@ -20,6 +20,7 @@ pub mod error;
 pub mod identity;
 pub mod kill;
 pub mod membership;
+pub mod migration;
 pub mod raft_net;
 pub mod raft_service;
 pub mod replica;

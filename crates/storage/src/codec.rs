@@ -9,6 +9,7 @@
 //! | `b'd'`, partition u32 BE, key bytes | tag, version u64 BE, exact JSON text |
 //! | `b's'`, partition u32 BE | tag, `PartitionState` byte |
 //! | `b'v'`, partition u32 BE | tag, max version ever issued in the partition, u64 BE |
+//! | `b'c'`, partition u32 BE | tag, number of keys stored under the partition, u64 BE (absent = 0) |
 //! | `b'm'`, name | tag, postcard value |
 //!
 //! One partition's data is therefore one prefix scan (`data_prefix(p)`), which migration needs.
@@ -29,6 +30,7 @@ pub(crate) const FORMAT_V1: u8 = 1;
 const DATA_PREFIX: u8 = b'd';
 const STATE_PREFIX: u8 = b's';
 const COUNTER_PREFIX: u8 = b'v';
+const KEY_COUNT_PREFIX: u8 = b'c';
 
 /// Reserved metadata keys of the `sm` tree.
 pub(crate) const META_LAST_APPLIED: &[u8] = b"m/last_applied";
@@ -157,6 +159,21 @@ pub(crate) fn counter_partition(raw: &[u8]) -> Result<PartitionId, StorageError>
     split_partition_key(COUNTER_PREFIX, raw, "version counter key")
 }
 
+/// The sled key of `partition`'s key count.
+pub(crate) fn key_count_key(partition: PartitionId) -> [u8; 5] {
+    partition_key(KEY_COUNT_PREFIX, partition)
+}
+
+/// The prefix of all per-partition key-count keys.
+pub(crate) fn all_key_counts_prefix() -> [u8; 1] {
+    [KEY_COUNT_PREFIX]
+}
+
+/// The partition a key-count key names.
+pub(crate) fn key_count_partition(raw: &[u8]) -> Result<PartitionId, StorageError> {
+    split_partition_key(KEY_COUNT_PREFIX, raw, "partition key count key")
+}
+
 /// Encodes a stored record: tag, version u64 BE, the exact JSON text.
 pub(crate) fn encode_record(record: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + record.value.len());
@@ -267,6 +284,8 @@ mod tests {
         assert_eq!(split_data_key(&k).unwrap(), (7, &b"abc"[..]));
         assert_eq!(state_partition(&state_key(300)).unwrap(), 300);
         assert_eq!(counter_partition(&counter_key(9)).unwrap(), 9);
+        assert_eq!(key_count_partition(&key_count_key(11)).unwrap(), 11);
+        assert!(key_count_partition(&counter_key(11)).is_err());
     }
 
     /// Log keys sort in index order.

@@ -27,7 +27,7 @@ pub use error::StorageError;
 pub use log_store::LogStore;
 pub use snapshot::SnapshotBuilder;
 pub use state_machine::{SmReader, StateMachine};
-pub use types::{PartitionState, Raft, RavelNode, ReadRefused, TypeConfig};
+pub use types::{PartitionScan, PartitionState, Raft, RavelNode, ReadRefused, TypeConfig};
 
 use flusher::Flusher;
 use state_machine::SmShared;

@@ -8,8 +8,8 @@
 //! snapshot's last log id before any log it covers can be purged.
 //!
 //! Image format: the format tag, then postcard of [`SnapshotImage`] (last_applied, membership,
-//! assignment epoch, partition states, version counters and every data record with its
-//! version). Field and variant order are part of the format: append, never reorder.
+//! assignment epoch, partition states — `Released` included — version counters and every data
+//! record with its version; per-partition key counts are recounted from the records). Field and variant order are part of the format: append, never reorder.
 //! This module must not decide when snapshots are taken; openraft does.
 
 use crate::codec::{
@@ -83,14 +83,18 @@ impl SnapshotImage {
     /// Adds this image's keys to `batch` (which already clears the tree) and returns the cache
     /// that matches them.
     pub(crate) fn write_into(self, batch: &mut sled::Batch) -> Result<SmCache, StorageError> {
-        let cache = SmCache {
+        let mut cache = SmCache {
             last_applied: self.last_applied,
             membership: self.membership,
             epoch: self.epoch,
             states: self.states.into_iter().collect(),
             counters: self.counters.into_iter().collect(),
+            partition_keys: BTreeMap::new(),
             key_count: self.records.len() as u64,
         };
+        for r in &self.records {
+            *cache.partition_keys.entry(r.partition).or_default() += 1;
+        }
         for r in self.records {
             let record = Record {
                 version: r.version,
@@ -101,9 +105,12 @@ impl SnapshotImage {
                 codec::encode_record(&record),
             );
         }
-        write_states(batch, &BTreeMap::new(), &cache.states);
+        write_states(batch, &cache.states);
         for (p, counter) in &cache.counters {
             batch.insert(&codec::counter_key(*p)[..], codec::encode_counter(*counter));
+        }
+        for (p, keys) in &cache.partition_keys {
+            batch.insert(&codec::key_count_key(*p)[..], codec::encode_counter(*keys));
         }
         batch.insert(META_LAST_APPLIED, codec::encode(&cache.last_applied)?);
         batch.insert(META_MEMBERSHIP, codec::encode(&cache.membership)?);

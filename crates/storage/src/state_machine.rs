@@ -18,6 +18,15 @@
 //! - **The in-memory cache equals what was written.** The cache (states, counters, epoch, ...)
 //!   is updated only after the batch is applied, under the same write lock that readers take,
 //!   so a reader never sees a state check and data from different points of the log.
+//! - **Migration steps are state transitions in log order** (DESIGN §4). Each step is allowed
+//!   only in the states the design lists, and is idempotent: repeated in the state it leads to,
+//!   it answers success and changes nothing. A step not allowed is answered with
+//!   `MigrationRefused` naming the current state; nothing changes. `Released` is a tombstone:
+//!   `Assign` only moves partitions between absent and `Serving`, so a late assignment can never
+//!   revive a partition at the owner it moved away from. Deleting a partition's data (PURGE,
+//!   PREPARE_INCOMING, ABANDON) is one prefix scan turned into removals in the same batch.
+//! - **Per-partition key counts** are kept in the cache and on disk next to the data, so the
+//!   keys of one partition are known without a scan.
 //!
 //! This module must not touch the Raft log tree and must not call sled's `flush_async`.
 
@@ -25,15 +34,16 @@ use crate::codec::{self, META_EPOCH, META_KEY_COUNT, META_LAST_APPLIED, META_MEM
 use crate::error::{IntoRaft, Op, RaftStorageError, StorageError};
 use crate::flusher::Flusher;
 use crate::snapshot::{self, SnapshotBuilder, SnapshotImage};
-use crate::types::{PartitionState, RavelNode, ReadRefused, TypeConfig};
+use crate::types::{PartitionScan, PartitionState, RavelNode, ReadRefused, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StoredMembership,
 };
 use ravel_core::PartitionId;
-use ravel_core::command::{Command, CommandResult, Record};
-use std::collections::BTreeMap;
+use ravel_core::command::{Command, CommandResult, MigratedRecord, MigrationStep, Record};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -45,6 +55,9 @@ pub(crate) struct SmCache {
     pub(crate) epoch: u64,
     pub(crate) states: BTreeMap<PartitionId, PartitionState>,
     pub(crate) counters: BTreeMap<PartitionId, u64>,
+    /// Keys stored per partition; partitions with none are left out.
+    pub(crate) partition_keys: BTreeMap<PartitionId, u64>,
+    /// Keys stored in all partitions (the sum of `partition_keys`).
     pub(crate) key_count: u64,
 }
 
@@ -100,7 +113,7 @@ impl SmShared {
             answers.push(work.entry(entry)?);
         }
         let pending = work.pending;
-        self.tree.apply_batch(pending.to_batch(&cache)?)?;
+        self.tree.apply_batch(pending.to_batch()?)?;
         pending.update(&mut cache);
         Ok(answers)
     }
@@ -175,7 +188,41 @@ fn load_cache(tree: &sled::Tree) -> Result<SmCache, StorageError> {
             .counters
             .insert(codec::counter_partition(&k)?, codec::decode_counter(&v)?);
     }
+    for item in tree.scan_prefix(codec::all_key_counts_prefix()) {
+        let (k, v) = item?;
+        cache
+            .partition_keys
+            .insert(codec::key_count_partition(&k)?, codec::decode_counter(&v)?);
+    }
+    if cache.partition_keys.values().sum::<u64>() != cache.key_count {
+        rebuild_key_counts(tree, &mut cache)?;
+    }
     Ok(cache)
+}
+
+/// Recounts the keys of every partition from the data and stores the counts. Only needed for a
+/// state machine written before per-partition counts existed: afterwards every apply keeps
+/// them, in the same batch as the data they count.
+fn rebuild_key_counts(tree: &sled::Tree, cache: &mut SmCache) -> Result<(), StorageError> {
+    let mut counts: BTreeMap<PartitionId, u64> = BTreeMap::new();
+    for key in tree.scan_prefix(codec::all_data_prefix()).keys() {
+        let (partition, _) = codec::split_data_key(&key?)?;
+        *counts.entry(partition).or_default() += 1;
+    }
+    let mut batch = sled::Batch::default();
+    for key in tree.scan_prefix(codec::all_key_counts_prefix()).keys() {
+        batch.remove(key?);
+    }
+    for (p, n) in &counts {
+        batch.insert(&codec::key_count_key(*p)[..], codec::encode_counter(*n));
+    }
+    let total: u64 = counts.values().sum();
+    batch.insert(META_KEY_COUNT, codec::encode(&total)?);
+    tree.apply_batch(batch)?;
+    tracing::info!(keys = total, "rebuilt the per-partition key counts");
+    cache.partition_keys = counts;
+    cache.key_count = total;
+    Ok(())
 }
 
 /// Changes made by one `apply()` call, not yet written.
@@ -183,9 +230,11 @@ fn load_cache(tree: &sled::Tree) -> Result<SmCache, StorageError> {
 struct Pending {
     /// Raw data key → new encoded record, or `None` for a removal.
     data: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// The whole new partition-state map, if an assignment replaced it.
-    states: Option<BTreeMap<PartitionId, PartitionState>>,
+    /// Changed partition states; `None` makes the partition absent.
+    states: BTreeMap<PartitionId, Option<PartitionState>>,
     counters: BTreeMap<PartitionId, u64>,
+    /// Changed per-partition key counts.
+    partition_keys: BTreeMap<PartitionId, u64>,
     last_applied: Option<LogId<u64>>,
     membership: Option<StoredMembership<u64, RavelNode>>,
     epoch: Option<u64>,
@@ -194,7 +243,7 @@ struct Pending {
 
 impl Pending {
     /// The one batch that writes these changes (data and metadata in the `sm` tree).
-    fn to_batch(&self, cache: &SmCache) -> Result<sled::Batch, StorageError> {
+    fn to_batch(&self) -> Result<sled::Batch, StorageError> {
         let mut batch = sled::Batch::default();
         for (key, value) in &self.data {
             match value {
@@ -202,11 +251,23 @@ impl Pending {
                 None => batch.remove(key.as_slice()),
             }
         }
-        if let Some(states) = &self.states {
-            write_states(&mut batch, &cache.states, states);
+        for (p, state) in &self.states {
+            match state {
+                Some(state) => {
+                    batch.insert(&codec::state_key(*p)[..], &codec::encode_state(*state)[..]);
+                }
+                None => batch.remove(&codec::state_key(*p)[..]),
+            }
         }
         for (p, counter) in &self.counters {
             batch.insert(&codec::counter_key(*p)[..], codec::encode_counter(*counter));
+        }
+        for (p, keys) in &self.partition_keys {
+            if *keys == 0 {
+                batch.remove(&codec::key_count_key(*p)[..]);
+            } else {
+                batch.insert(&codec::key_count_key(*p)[..], codec::encode_counter(*keys));
+            }
         }
         if let Some(last_applied) = &self.last_applied {
             batch.insert(META_LAST_APPLIED, codec::encode(&Some(*last_applied))?);
@@ -225,10 +286,20 @@ impl Pending {
 
     /// Brings the cache to what `to_batch` wrote.
     fn update(self, cache: &mut SmCache) {
-        if let Some(states) = self.states {
-            cache.states = states;
+        for (p, state) in self.states {
+            match state {
+                Some(state) => cache.states.insert(p, state),
+                None => cache.states.remove(&p),
+            };
         }
         cache.counters.extend(self.counters);
+        for (p, keys) in self.partition_keys {
+            if keys == 0 {
+                cache.partition_keys.remove(&p);
+            } else {
+                cache.partition_keys.insert(p, keys);
+            }
+        }
         if self.last_applied.is_some() {
             cache.last_applied = self.last_applied;
         }
@@ -244,16 +315,12 @@ impl Pending {
     }
 }
 
-/// Writes the partition-state map `new` over `old` into `batch`.
+/// Writes a whole partition-state map into `batch` (which already clears the tree).
 pub(crate) fn write_states(
     batch: &mut sled::Batch,
-    old: &BTreeMap<PartitionId, PartitionState>,
-    new: &BTreeMap<PartitionId, PartitionState>,
+    states: &BTreeMap<PartitionId, PartitionState>,
 ) {
-    for p in old.keys().filter(|p| !new.contains_key(p)) {
-        batch.remove(&codec::state_key(*p)[..]);
-    }
-    for (p, state) in new {
+    for (p, state) in states {
         batch.insert(&codec::state_key(*p)[..], &codec::encode_state(*state)[..]);
     }
 }
@@ -292,6 +359,7 @@ impl Apply<'_> {
                 cas,
             } => self.delete(partition, &key, cas),
             Command::Assign { epoch, partitions } => Ok(self.assign(epoch, &partitions)),
+            Command::Migrate { partition, step } => self.migrate(partition, step),
         }
     }
 
@@ -314,7 +382,7 @@ impl Apply<'_> {
         }
         let version = self.next_version(partition);
         if current == 0 {
-            self.pending.key_count = Some(self.key_count() + 1);
+            self.add_keys(partition, 1);
         }
         let record = codec::encode_record(&Record { version, value });
         self.pending.data.insert(data_key, Some(record));
@@ -342,7 +410,7 @@ impl Apply<'_> {
         }
         // A delete consumes a version too, so a later re-create is newer than the deletion.
         self.next_version(partition);
-        self.pending.key_count = Some(self.key_count().saturating_sub(1));
+        self.remove_keys(partition, 1);
         self.pending.data.insert(data_key, None);
         Ok(CommandResult::Deleted { deleted: true })
     }
@@ -353,20 +421,192 @@ impl Apply<'_> {
                 epoch: self.epoch(),
             };
         }
-        // The serving set becomes exactly `partitions`; data of dropped partitions stays
-        // on disk untouched (migration decides what happens to it).
-        let states = partitions
-            .iter()
-            .map(|p| (*p, PartitionState::Serving))
+        // Only absent <-> Serving: frozen, incoming and released partitions belong to a move in
+        // progress (or finished) and only its steps may change them. Data of a partition that
+        // becomes absent stays on disk untouched.
+        let listed: BTreeSet<PartitionId> = partitions.iter().copied().collect();
+        let dropped: Vec<PartitionId> = self
+            .current_states()
+            .into_iter()
+            .filter(|(p, s)| *s == PartitionState::Serving && !listed.contains(p))
+            .map(|(p, _)| p)
             .collect();
-        self.pending.states = Some(states);
+        for p in dropped {
+            self.set_state(p, None);
+        }
+        for p in listed {
+            if self.state(p).is_none() {
+                self.set_state(p, Some(PartitionState::Serving));
+            }
+        }
         self.pending.epoch = Some(epoch);
         CommandResult::Assigned { epoch }
     }
 
+    /// Applies one migration step (see the module doc and DESIGN §4 for the transitions).
+    fn migrate(
+        &mut self,
+        partition: PartitionId,
+        step: MigrationStep,
+    ) -> Result<CommandResult, StorageError> {
+        use PartitionState::{Frozen, Incoming, Released, Serving};
+        let before = self.state(partition);
+        let mut records_applied = 0;
+        match (&step, before) {
+            (MigrationStep::Freeze, Some(Serving)) => self.set_state(partition, Some(Frozen)),
+            (MigrationStep::PrepareIncoming, None | Some(Incoming | Released)) => {
+                self.wipe(partition)?;
+                self.set_state(partition, Some(Incoming));
+            }
+            (MigrationStep::Ingest { records, .. }, Some(Incoming)) => {
+                if let Some(bad) = records.iter().find(|r| r.version == 0 || r.key.is_empty()) {
+                    return Ok(self.refuse(
+                        partition,
+                        format!(
+                            "an ingested record needs a key and a version above 0 (key {:?}, \
+                             version {})",
+                            String::from_utf8_lossy(&bad.key),
+                            bad.version
+                        ),
+                    ));
+                }
+                records_applied = records.len() as u64;
+            }
+            (MigrationStep::Release, Some(Frozen)) => self.set_state(partition, Some(Released)),
+            (MigrationStep::Activate, Some(Incoming)) => self.set_state(partition, Some(Serving)),
+            (MigrationStep::Purge, Some(Released)) => self.wipe(partition)?,
+            (MigrationStep::Restore, Some(Frozen | Released)) => {
+                self.set_state(partition, Some(Serving));
+            }
+            (MigrationStep::Abandon, Some(Incoming)) => {
+                self.wipe(partition)?;
+                self.set_state(partition, None);
+            }
+            // Already in the state the step leads to: idempotent success, nothing changes.
+            (MigrationStep::Freeze, Some(Frozen))
+            | (MigrationStep::Release, Some(Released))
+            | (MigrationStep::Activate | MigrationStep::Restore, Some(Serving))
+            | (MigrationStep::Abandon, None) => {}
+            (step, state) => {
+                let reason = format!(
+                    "{} is not allowed while the partition is {}",
+                    step.name(),
+                    PartitionState::name(state)
+                );
+                return Ok(self.refuse(partition, reason));
+            }
+        }
+        if let MigrationStep::Ingest {
+            records,
+            version_floor,
+        } = step
+        {
+            self.ingest(partition, records, version_floor)?;
+        }
+        Ok(CommandResult::Migrated {
+            state: self.state(partition),
+            records_applied,
+            partition_keys: self.partition_keys(partition),
+        })
+    }
+
+    fn refuse(&self, partition: PartitionId, reason: String) -> CommandResult {
+        CommandResult::MigrationRefused {
+            state: self.state(partition),
+            reason,
+        }
+    }
+
+    /// Stores copied records (overwriting) and raises the partition's version counter to at
+    /// least `version_floor` and every record's version, so a write after activation gets a
+    /// version above every copied one.
+    fn ingest(
+        &mut self,
+        partition: PartitionId,
+        records: Vec<MigratedRecord>,
+        version_floor: u64,
+    ) -> Result<(), StorageError> {
+        let mut floor = version_floor;
+        for r in records {
+            floor = floor.max(r.version);
+            let data_key = codec::data_key(partition, &r.key);
+            if self.version_of(&data_key)? == 0 {
+                self.add_keys(partition, 1);
+            }
+            let record = Record {
+                version: r.version,
+                value: r.value,
+            };
+            self.pending
+                .data
+                .insert(data_key, Some(codec::encode_record(&record)));
+        }
+        if floor > self.counter(partition) {
+            self.pending.counters.insert(partition, floor);
+        }
+        Ok(())
+    }
+
+    /// Deletes every record of `partition`: those stored and those written earlier in this same
+    /// `apply()` call. The version counter is kept, so versions never go backwards.
+    fn wipe(&mut self, partition: PartitionId) -> Result<(), StorageError> {
+        let prefix = codec::data_prefix(partition);
+        for (key, value) in self.pending.data.range_mut(prefix.to_vec()..) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            *value = None;
+        }
+        for key in self.tree.scan_prefix(prefix).keys() {
+            self.pending.data.insert(key?.to_vec(), None);
+        }
+        let keys = self.partition_keys(partition);
+        self.remove_keys(partition, keys);
+        Ok(())
+    }
+
+    /// Every partition's state as of this point of the apply call.
+    fn current_states(&self) -> BTreeMap<PartitionId, PartitionState> {
+        let mut states = self.cache.states.clone();
+        for (p, state) in &self.pending.states {
+            match state {
+                Some(state) => states.insert(*p, *state),
+                None => states.remove(p),
+            };
+        }
+        states
+    }
+
     fn state(&self, partition: PartitionId) -> Option<PartitionState> {
-        let states = self.pending.states.as_ref().unwrap_or(&self.cache.states);
-        states.get(&partition).copied()
+        match self.pending.states.get(&partition) {
+            Some(state) => *state,
+            None => self.cache.states.get(&partition).copied(),
+        }
+    }
+
+    fn set_state(&mut self, partition: PartitionId, state: Option<PartitionState>) {
+        self.pending.states.insert(partition, state);
+    }
+
+    fn partition_keys(&self, partition: PartitionId) -> u64 {
+        self.pending
+            .partition_keys
+            .get(&partition)
+            .or_else(|| self.cache.partition_keys.get(&partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn add_keys(&mut self, partition: PartitionId, n: u64) {
+        let keys = self.partition_keys(partition) + n;
+        self.pending.partition_keys.insert(partition, keys);
+        self.pending.key_count = Some(self.key_count() + n);
+    }
+
+    fn remove_keys(&mut self, partition: PartitionId, n: u64) {
+        let keys = self.partition_keys(partition).saturating_sub(n);
+        self.pending.partition_keys.insert(partition, keys);
+        self.pending.key_count = Some(self.key_count().saturating_sub(n));
     }
 
     fn writable(&self, partition: PartitionId) -> bool {
@@ -381,16 +621,19 @@ impl Apply<'_> {
         self.pending.key_count.unwrap_or(self.cache.key_count)
     }
 
-    /// Issues the partition's next version and records the bumped counter.
-    fn next_version(&mut self, partition: PartitionId) -> u64 {
-        let counter = self
-            .pending
+    /// The largest version issued in the partition so far, seeing this call's changes.
+    fn counter(&self, partition: PartitionId) -> u64 {
+        self.pending
             .counters
             .get(&partition)
             .or_else(|| self.cache.counters.get(&partition))
             .copied()
-            .unwrap_or(0);
-        let version = counter + 1;
+            .unwrap_or(0)
+    }
+
+    /// Issues the partition's next version and records the bumped counter.
+    fn next_version(&mut self, partition: PartitionId) -> u64 {
+        let version = self.counter(partition) + 1;
         self.pending.counters.insert(partition, version);
         version
     }
@@ -488,8 +731,8 @@ impl SmReader {
         Self { shared }
     }
 
-    /// The key's record if this cluster serves `partition` (states Serving, or later Frozen);
-    /// `Err(ReadRefused::WrongOwner{epoch})` if it does not.
+    /// The key's record if this cluster serves reads of `partition` (`Serving` or `Frozen`);
+    /// `Err(ReadRefused::WrongOwner{epoch})` if it is absent, `Incoming` or `Released` here.
     pub fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Record>, ReadRefused> {
         // Holding the read lock keeps the ownership check and the data read at one log point.
         let cache = self.shared.read_cache().map_err(unavailable)?;
@@ -505,6 +748,81 @@ impl SmReader {
             .map(|bytes| codec::decode_record(&bytes))
             .transpose()
             .map_err(unavailable)
+    }
+
+    /// One batch of a `Frozen` partition's records in key order, starting after `after` (from
+    /// the start when `None`): at most `limit_records` records and, past the first record, at
+    /// most `limit_bytes` of keys and values. Refused with `NotFrozen` in any other state,
+    /// because only a frozen partition's records are final and may be copied to a new owner.
+    pub fn scan_partition(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit_records: usize,
+        limit_bytes: usize,
+    ) -> Result<PartitionScan, ReadRefused> {
+        // Holding the read lock keeps the state check, the records and the counter at one point.
+        let cache = self.shared.read_cache().map_err(unavailable)?;
+        let state = cache.states.get(&partition).copied();
+        if state != Some(PartitionState::Frozen) {
+            return Err(ReadRefused::NotFrozen { state });
+        }
+        let prefix = codec::data_prefix(partition);
+        let start = match after {
+            Some(key) => Bound::Excluded(codec::data_key(partition, key)),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let mut items = self
+            .shared
+            .tree
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)));
+        let mut scan = PartitionScan {
+            version_floor: cache.counters.get(&partition).copied().unwrap_or(0),
+            ..PartitionScan::default()
+        };
+        let mut bytes = 0usize;
+        scan.done = loop {
+            let full = scan.records.len() >= limit_records.max(1)
+                || (!scan.records.is_empty() && bytes >= limit_bytes);
+            let Some(item) = items.next() else {
+                break true;
+            };
+            if full {
+                break false;
+            }
+            let (raw_key, raw_value) = item.map_err(|e| unavailable(e.into()))?;
+            let (_, key) = codec::split_data_key(&raw_key).map_err(unavailable)?;
+            let record = codec::decode_record(&raw_value).map_err(unavailable)?;
+            let size = key.len() + record.value.len();
+            if !scan.records.is_empty() && bytes + size > limit_bytes {
+                break false;
+            }
+            bytes += size;
+            scan.records.push(MigratedRecord {
+                key: key.to_vec(),
+                version: record.version,
+                value: record.value,
+            });
+        };
+        Ok(scan)
+    }
+
+    /// The partition's state here (`None` = absent).
+    pub fn partition_state(&self, partition: PartitionId) -> Option<PartitionState> {
+        self.shared
+            .read_cache()
+            .ok()
+            .and_then(|c| c.states.get(&partition).copied())
+    }
+
+    /// Keys stored here under the partition, whatever its state.
+    pub fn partition_keys(&self, partition: PartitionId) -> u64 {
+        self.shared
+            .read_cache()
+            .ok()
+            .and_then(|c| c.partition_keys.get(&partition).copied())
+            .unwrap_or(0)
     }
 
     /// (assignment epoch, number of partitions served) as applied.
@@ -542,5 +860,36 @@ fn unavailable(e: StorageError) -> ReadRefused {
     tracing::error!(error = %e, code = e.code(), "state machine read failed");
     ReadRefused::Unavailable {
         reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state machine written before per-partition key counts existed (data and a total, no
+    /// counts) gets its counts rebuilt from the data at open, and stored, so the next open
+    /// reads them back without recounting.
+    #[test]
+    fn missing_key_counts_are_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("sm").unwrap();
+        let record = codec::encode_record(&Record {
+            version: 1,
+            value: b"1".to_vec(),
+        });
+        for (p, key) in [(1, "a"), (1, "b"), (7, "a")] {
+            tree.insert(codec::data_key(p, key.as_bytes()), record.clone())
+                .unwrap();
+        }
+        tree.insert(META_KEY_COUNT, codec::encode(&3u64).unwrap())
+            .unwrap();
+        let cache = load_cache(&tree).unwrap();
+        assert_eq!(cache.partition_keys, BTreeMap::from([(1, 2), (7, 1)]));
+        assert_eq!(cache.key_count, 3);
+        let stored = tree.get(codec::key_count_key(1)).unwrap().unwrap();
+        assert_eq!(codec::decode_counter(&stored).unwrap(), 2);
+        assert_eq!(load_cache(&tree).unwrap(), cache);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! This module only declares types; it must not do I/O.
 
-use ravel_core::command::{Command, CommandResult};
+use ravel_core::command::{Command, CommandResult, MigratedRecord};
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
@@ -30,48 +30,18 @@ pub struct RavelNode {
 /// A cluster's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// What a cluster does with one partition (DESIGN §4). A partition with no state is not served.
-///
-/// The discriminants are the bytes stored on disk: never renumber them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PartitionState {
-    /// Reads and writes are served.
-    Serving = 1,
-    /// Readable, writes refused (the partition is being moved away).
-    Frozen = 2,
-    /// Receiving a copy; neither reads nor client writes are served.
-    Incoming = 3,
-}
+/// What a cluster does with one partition; defined in core so the command layer can name it.
+pub use ravel_core::command::PartitionState;
 
-impl PartitionState {
-    /// The byte stored on disk for this state.
-    #[must_use]
-    pub fn to_byte(self) -> u8 {
-        self as u8
-    }
-
-    /// The state a stored byte names, if any.
-    #[must_use]
-    pub fn from_byte(byte: u8) -> Option<Self> {
-        match byte {
-            1 => Some(Self::Serving),
-            2 => Some(Self::Frozen),
-            3 => Some(Self::Incoming),
-            _ => None,
-        }
-    }
-
-    /// Whether client reads of the partition are answered in this state.
-    #[must_use]
-    pub fn readable(self) -> bool {
-        matches!(self, Self::Serving | Self::Frozen)
-    }
-
-    /// Whether client writes of the partition are applied in this state.
-    #[must_use]
-    pub fn writable(self) -> bool {
-        self == Self::Serving
-    }
+/// One batch of a frozen partition's records, read by [`crate::SmReader::scan_partition`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionScan {
+    /// Records in key order, each with its version.
+    pub records: Vec<MigratedRecord>,
+    /// No records follow this batch.
+    pub done: bool,
+    /// The partition's version counter: the largest version ever issued in it.
+    pub version_floor: u64,
 }
 
 /// Why a read outside openraft was not answered.
@@ -80,6 +50,10 @@ pub enum ReadRefused {
     /// This cluster does not serve the partition, as of assignment `epoch`.
     #[error("partition not served here (assignment epoch {epoch})")]
     WrongOwner { epoch: u64 },
+    /// A partition scan was asked of a partition that is not `Frozen` here (only a frozen
+    /// partition's records are final, so only they may be copied).
+    #[error("partition is {} here, not frozen", PartitionState::name(*state))]
+    NotFrozen { state: Option<PartitionState> },
     /// The state machine could not be read (I/O error or corrupt record). Never reported as
     /// "absent": that would hide data.
     #[error("state machine unavailable: {reason}")]
@@ -92,6 +66,7 @@ impl ReadRefused {
     pub fn code(&self) -> &'static str {
         match self {
             Self::WrongOwner { .. } => "wrong_owner",
+            Self::NotFrozen { .. } => "not_frozen",
             Self::Unavailable { .. } => "storage_unavailable",
         }
     }

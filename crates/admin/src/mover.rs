@@ -1,0 +1,1198 @@
+//! The mover: drives every partition move recorded in the metadata through its steps.
+//!
+//! # Invariants
+//!
+//! - **Persist, then act.** A move's step is persisted by `meta` (fsynced) *before* its action is
+//!   sent to a node, and every action is idempotent at the node. A restarted admin therefore
+//!   finds each move at a step it may repeat, and [`run`] resumes all of them at start.
+//! - **Forward only after ACTIVATE.** Before ACTIVATE was ever sent, a move whose target stays
+//!   leaderless or unreachable for more than [`TARGET_DOWN_ABORT_MS`] (or whose step is refused
+//!   by a node) is aborted: RESTORE at the source, best-effort ABANDON at the target, drop the
+//!   record, retry that partition after [`MOVE_RETRY_BACKOFF_MS`]. Once ACTIVATE may have been
+//!   sent the target may have served writes, so the move only goes forward (retrying).
+//! - **Transient failures are retried.** A transport error, no leader or an OUTCOME_UNKNOWN
+//!   answer repeats the same step (idempotent) with a backoff.
+//! - **Bounded.** At most `max_concurrent_moves` moves are started at once (moves resumed after a
+//!   restart always run); a copy moves at most [`INGEST_MAX_RECORDS`] records and
+//!   [`INGEST_MAX_BYTES`] per INGEST.
+//! - **Only on confirmed clusters.** A move starts only between clusters that confirmed the
+//!   current assignment epoch in this run: from then on any `Assign` the placement task sends
+//!   them is already applied, so it cannot undo what the migration steps changed.
+//!
+//! This module must not change the table by itself (only through `meta` commands) and must not
+//! hold a lock across an `.await`.
+
+use crate::meta::{MetaCommand, MetaError, MetaRefusal, MoveRecord, MoveStep, plan_moves};
+use crate::placement::{LeaderCallError, call_leader, control_request};
+use crate::{AdminState, SharedState};
+use ravel_core::{ClusterId, PartitionId, limits};
+use ravel_proto::v1::control_client::ControlClient;
+use ravel_proto::v1::node_error::Kind;
+use ravel_proto::v1::{
+    MigrateOp, MigrateRecord, MigrateReply, MigrateRequest, NodeError, ScanPartitionReply,
+    ScanPartitionRequest,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Default of `--max-concurrent-moves`.
+pub const DEFAULT_MAX_CONCURRENT_MOVES: usize = 4;
+
+/// Most records per INGEST (and per ScanPartition batch asked for).
+pub const INGEST_MAX_RECORDS: usize = 512;
+
+/// Most key and value bytes per INGEST: far below the gRPC message cap, so one Raft entry stays
+/// small enough not to stall the target's log.
+pub const INGEST_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// A move whose target has had no reachable leader this long, before ACTIVATE, is aborted.
+pub const TARGET_DOWN_ABORT_MS: u64 = 10_000;
+
+/// After an abort, the same partition is not tried again for this long.
+pub const MOVE_RETRY_BACKOFF_MS: u64 = 30_000;
+
+/// Pause between attempts of one step: starts here, doubles up to [`STEP_RETRY_MAX_MS`].
+const STEP_RETRY_MIN_MS: u64 = 50;
+const STEP_RETRY_MAX_MS: u64 = 1_000;
+
+/// Pause before repeating a step a node refused after ACTIVATE (it needs an operator's eye; the
+/// error is logged each time).
+const REFUSED_RETRY_MS: u64 = 2_000;
+
+/// Period of the mover's pass when nothing wakes it earlier.
+const MOVER_INTERVAL_MS: u64 = 1_000;
+
+/// Framing bytes counted per record on top of its key and value, for the INGEST byte cap.
+const RECORD_OVERHEAD_BYTES: usize = 16;
+
+/// The mover's shared, in-memory side: its wake-up and live copy progress.
+#[derive(Default)]
+pub struct Mover {
+    wake: Notify,
+    /// Records copied so far per partition being copied (persisted only at batch boundaries).
+    progress: Mutex<BTreeMap<PartitionId, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Mover {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks for a pass now (plan changed, a cluster confirmed its assignment).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Live count of records copied for `partition`, if it is being copied in this run.
+    pub fn keys_copied(&self, partition: PartitionId) -> Option<u64> {
+        lock(&self.progress).get(&partition).copied()
+    }
+
+    fn set_progress(&self, partition: PartitionId, copied: u64) {
+        lock(&self.progress).insert(partition, copied);
+    }
+
+    fn clear_progress(&self, partition: PartitionId) {
+        lock(&self.progress).remove(&partition);
+    }
+}
+
+/// How one move task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveEnd {
+    Finished,
+    Aborted,
+    /// The record disappeared under the task (a forced removal settled it).
+    Gone,
+    Stopped,
+}
+
+/// Wall-clock milliseconds since the Unix epoch (only for reporting durations).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the mover until `shutdown` is cancelled: resumes every persisted move, starts planned
+/// ones up to `max_concurrent_moves` at a time.
+pub async fn run(state: SharedState, max_concurrent_moves: usize, shutdown: CancellationToken) {
+    let max = max_concurrent_moves.max(1);
+    let mut running: JoinSet<(PartitionId, MoveEnd)> = JoinSet::new();
+    let mut tasks: BTreeMap<tokio::task::Id, PartitionId> = BTreeMap::new();
+    let mut active: BTreeSet<PartitionId> = BTreeSet::new();
+    let mut retry_after: BTreeMap<PartitionId, Instant> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(MOVER_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let meta = state.meta.current();
+        metrics::gauge!("ravel_admin_moves_in_progress").set(meta.moves.len() as f64);
+        for &p in meta.moves.keys() {
+            if active.insert(p) {
+                let handle = running.spawn(drive(SharedState::clone(&state), p, shutdown.clone()));
+                tasks.insert(handle.id(), p);
+            }
+        }
+        let now = Instant::now();
+        retry_after.retain(|_, t| *t > now);
+        if meta.has_data && active.len() < max {
+            let epoch = meta.assignment_epoch;
+            let candidates: Vec<_> = plan_moves(&meta)
+                .into_iter()
+                .filter(|m| !retry_after.contains_key(&m.partition))
+                .filter(|m| {
+                    state.placement.confirmed(m.source, epoch)
+                        && state.placement.confirmed(m.target, epoch)
+                })
+                .take(max - active.len())
+                .collect();
+            for m in candidates {
+                let command = MetaCommand::StartMove {
+                    partition: m.partition,
+                    source: m.source,
+                    target: m.target,
+                    at_ms: now_ms(),
+                };
+                match state.meta.execute(command).await {
+                    Ok(_) => {
+                        tracing::info!(
+                            partition = m.partition,
+                            source = m.source,
+                            target = m.target,
+                            "partition move planned"
+                        );
+                        active.insert(m.partition);
+                        let handle = running.spawn(drive(
+                            SharedState::clone(&state),
+                            m.partition,
+                            shutdown.clone(),
+                        ));
+                        tasks.insert(handle.id(), m.partition);
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = m.partition, error = %e, "cannot start move")
+                    }
+                }
+            }
+        }
+        drop(meta);
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+                return;
+            }
+            Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                let (id, end) = match joined {
+                    Ok((id, (_, end))) => (id, end),
+                    Err(e) => {
+                        tracing::error!(error = %e, "move task failed");
+                        (e.id(), MoveEnd::Stopped)
+                    }
+                };
+                if let Some(p) = tasks.remove(&id) {
+                    active.remove(&p);
+                    state.mover.clear_progress(p);
+                    if end == MoveEnd::Aborted {
+                        retry_after.insert(p, Instant::now() + Duration::from_millis(MOVE_RETRY_BACKOFF_MS));
+                    }
+                }
+            }
+            () = state.mover.wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Why one step did not complete.
+#[derive(Debug)]
+enum StepFail {
+    /// The move record changed or a cluster it names went away: re-read and follow it.
+    Changed,
+    /// A node refused the step definitely (e.g. not allowed in the partition's state).
+    Refused(String),
+    /// The target had no reachable leader for longer than [`TARGET_DOWN_ABORT_MS`].
+    TargetDown(String),
+    /// The admin could not persist the step.
+    Meta(String),
+}
+
+/// Drives the move of `partition` from its persisted step to its end.
+async fn drive(
+    state: SharedState,
+    partition: PartitionId,
+    stop: CancellationToken,
+) -> (PartitionId, MoveEnd) {
+    let end = tokio::select! {
+        () = stop.cancelled() => MoveEnd::Stopped,
+        end = drive_steps(&state, partition) => end,
+    };
+    (partition, end)
+}
+
+async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
+    loop {
+        let meta = state.meta.current();
+        let Some(record) = meta.moves.get(&p).cloned() else {
+            return MoveEnd::Gone;
+        };
+        let source_exists = meta.clusters.contains_key(&record.source);
+        let target_exists = meta.clusters.contains_key(&record.target);
+        drop(meta);
+        let (s, t) = (record.source, record.target);
+        let result = match record.step {
+            MoveStep::Planned => advance(state, p, MoveStep::Freezing, 0).await,
+            MoveStep::Freezing => {
+                match migrate(
+                    state,
+                    p,
+                    s,
+                    MoveStep::Freezing,
+                    MigrateOp::Freeze,
+                    Vec::new(),
+                    0,
+                    false,
+                )
+                .await
+                {
+                    Ok(_) => advance(state, p, MoveStep::Copying, 0).await,
+                    Err(e) => Err(e),
+                }
+            }
+            MoveStep::Copying => match copy(state, p, &record).await {
+                Ok(copied) => advance(state, p, MoveStep::Releasing, copied).await,
+                Err(e) => Err(e),
+            },
+            MoveStep::Releasing => {
+                match migrate(
+                    state,
+                    p,
+                    s,
+                    MoveStep::Releasing,
+                    MigrateOp::Release,
+                    Vec::new(),
+                    0,
+                    false,
+                )
+                .await
+                {
+                    Ok(_) => advance(state, p, MoveStep::Activating, record.keys_copied).await,
+                    Err(e) => Err(e),
+                }
+            }
+            MoveStep::Activating => {
+                match migrate(
+                    state,
+                    p,
+                    t,
+                    MoveStep::Activating,
+                    MigrateOp::Activate,
+                    Vec::new(),
+                    0,
+                    false,
+                )
+                .await
+                {
+                    Ok(_) => {
+                        execute(
+                            state,
+                            MetaCommand::SwitchOwner {
+                                partition: p,
+                                at_ms: now_ms(),
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            MoveStep::Purging => {
+                let purged = if source_exists {
+                    migrate(
+                        state,
+                        p,
+                        s,
+                        MoveStep::Purging,
+                        MigrateOp::Purge,
+                        Vec::new(),
+                        0,
+                        false,
+                    )
+                    .await
+                    .map(|_| ())
+                } else {
+                    Ok(())
+                };
+                match purged {
+                    Ok(()) => {
+                        match execute(state, MetaCommand::FinishMove { partition: p }).await {
+                            Ok(()) => {
+                                report_end(p, &record, "finished");
+                                return MoveEnd::Finished;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            MoveStep::Aborting => {
+                let restored = if source_exists {
+                    match migrate(
+                        state,
+                        p,
+                        s,
+                        MoveStep::Aborting,
+                        MigrateOp::Restore,
+                        Vec::new(),
+                        0,
+                        false,
+                    )
+                    .await
+                    {
+                        // Refused: the source holds the partition in no restorable state (it
+                        // was never frozen), so there is nothing to restore.
+                        Err(StepFail::Refused(why)) => {
+                            tracing::warn!(
+                                partition = p,
+                                source = s,
+                                why,
+                                "RESTORE refused; nothing to restore"
+                            );
+                            Ok(())
+                        }
+                        other => other.map(|_| ()),
+                    }
+                } else {
+                    Ok(())
+                };
+                match restored {
+                    Ok(()) => {
+                        if target_exists {
+                            abandon_once(state, p, t).await;
+                        }
+                        match execute(state, MetaCommand::AbortMove { partition: p }).await {
+                            Ok(()) => {
+                                report_end(p, &record, "aborted");
+                                return MoveEnd::Aborted;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(StepFail::Changed) => {
+                // Let whatever changed the record settle before re-reading it.
+                tokio::time::sleep(Duration::from_millis(STEP_RETRY_MIN_MS)).await;
+            }
+            Err(StepFail::Refused(why) | StepFail::TargetDown(why))
+                if !record.step.past_activate() && record.step != MoveStep::Aborting =>
+            {
+                tracing::warn!(
+                    partition = p,
+                    source = s,
+                    target = t,
+                    step = record.step.name(),
+                    why,
+                    "aborting partition move"
+                );
+                if let Err(e) = advance(state, p, MoveStep::Aborting, record.keys_copied).await {
+                    tracing::warn!(partition = p, error = ?e, "cannot persist the abort; retrying");
+                    tokio::time::sleep(Duration::from_millis(REFUSED_RETRY_MS)).await;
+                }
+            }
+            Err(StepFail::Refused(why) | StepFail::TargetDown(why) | StepFail::Meta(why)) => {
+                tracing::error!(
+                    partition = p,
+                    source = s,
+                    target = t,
+                    step = record.step.name(),
+                    why,
+                    "partition move step failed; retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(REFUSED_RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+/// Logs and counts the end of a move.
+fn report_end(p: PartitionId, record: &MoveRecord, outcome: &'static str) {
+    let duration_ms = now_ms().saturating_sub(record.started_at_ms);
+    metrics::counter!("ravel_admin_moves_total", "outcome" => outcome).increment(1);
+    if outcome == "finished" {
+        let pause_ms = record.write_pause_ms().unwrap_or(0);
+        metrics::histogram!("ravel_admin_move_duration_seconds").record(duration_ms as f64 / 1e3);
+        metrics::histogram!("ravel_admin_move_write_pause_seconds").record(pause_ms as f64 / 1e3);
+        tracing::info!(
+            partition = p,
+            source = record.source,
+            target = record.target,
+            keys_copied = record.keys_copied,
+            duration_ms,
+            write_pause_ms = pause_ms,
+            "partition moved"
+        );
+    } else {
+        tracing::warn!(
+            partition = p,
+            source = record.source,
+            target = record.target,
+            duration_ms,
+            "partition move aborted; the source serves it again"
+        );
+    }
+}
+
+/// Persists a meta command; a refusal means the record changed under us.
+async fn execute(state: &AdminState, command: MetaCommand) -> Result<(), StepFail> {
+    match state.meta.execute(command).await {
+        Ok(_) => Ok(()),
+        Err(MetaError::Refused(MetaRefusal::MoveRefused { why, partition })) => {
+            tracing::debug!(partition, why, "move record changed");
+            Err(StepFail::Changed)
+        }
+        Err(e) => Err(StepFail::Meta(e.to_string())),
+    }
+}
+
+async fn advance(
+    state: &AdminState,
+    p: PartitionId,
+    step: MoveStep,
+    keys_copied: u64,
+) -> Result<(), StepFail> {
+    execute(
+        state,
+        MetaCommand::AdvanceMove {
+            partition: p,
+            step,
+            keys_copied,
+            at_ms: now_ms(),
+        },
+    )
+    .await
+}
+
+/// Calls `call` on `cluster`'s leader until it answers, retrying transient failures (no leader,
+/// transport, OUTCOME_UNKNOWN) with a backoff. Gives up when the move record leaves `step`, the
+/// cluster is gone, a node refuses definitely, or (`abortable`) the cluster stays without a
+/// leader for [`TARGET_DOWN_ABORT_MS`].
+async fn call_with_retry<T, F, Fut>(
+    state: &AdminState,
+    p: PartitionId,
+    cluster: ClusterId,
+    step: MoveStep,
+    abortable: bool,
+    call: F,
+) -> Result<T, StepFail>
+where
+    F: Fn(ControlClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<(T, Option<NodeError>), tonic::Status>>,
+{
+    let mut backoff = Duration::from_millis(STEP_RETRY_MIN_MS);
+    let mut down_since: Option<Instant> = None;
+    loop {
+        {
+            let meta = state.meta.current();
+            if !meta.clusters.contains_key(&cluster)
+                || meta.moves.get(&p).map(|m| m.step) != Some(step)
+            {
+                return Err(StepFail::Changed);
+            }
+        }
+        let why = match call_leader(state, cluster, &call).await {
+            Ok(value) => return Ok(value),
+            Err(LeaderCallError::Refused {
+                kind: Kind::OutcomeUnknown,
+                message,
+                node,
+            }) => {
+                format!("replica {node}: outcome unknown: {message}")
+            }
+            Err(LeaderCallError::Refused {
+                node,
+                kind,
+                message,
+            }) => {
+                return Err(StepFail::Refused(format!(
+                    "replica {node} of cluster {cluster}: {kind:?}: {message}"
+                )));
+            }
+            Err(LeaderCallError::NoLeader(why)) => why,
+        };
+        let since = *down_since.get_or_insert_with(Instant::now);
+        if abortable && since.elapsed() >= Duration::from_millis(TARGET_DOWN_ABORT_MS) {
+            return Err(StepFail::TargetDown(format!(
+                "cluster {cluster} without a reachable leader for {TARGET_DOWN_ABORT_MS} ms: {why}"
+            )));
+        }
+        tracing::debug!(
+            partition = p,
+            cluster,
+            step = step.name(),
+            why,
+            "move step not answered; retrying"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(STEP_RETRY_MAX_MS));
+    }
+}
+
+/// One MIGRATE step on `cluster`'s leader, retried until answered.
+#[allow(clippy::too_many_arguments)]
+async fn migrate(
+    state: &AdminState,
+    p: PartitionId,
+    cluster: ClusterId,
+    step: MoveStep,
+    op: MigrateOp,
+    records: Vec<MigrateRecord>,
+    version_floor: u64,
+    abortable: bool,
+) -> Result<MigrateReply, StepFail> {
+    call_with_retry(state, p, cluster, step, abortable, |mut client| {
+        let request = MigrateRequest {
+            cluster_id: cluster,
+            partition: p,
+            op: op as i32,
+            records: records.clone(),
+            version_floor,
+        };
+        async move {
+            let mut reply = client
+                .migrate(control_request(request, limits::CONTROL_RPC_TIMEOUT_MS))
+                .await?
+                .into_inner();
+            let error = reply.error.take();
+            Ok((reply, error))
+        }
+    })
+    .await
+}
+
+/// One attempt at ABANDON on the target of an aborted move; failures only leave garbage that
+/// the next PREPARE_INCOMING there wipes.
+async fn abandon_once(state: &AdminState, p: PartitionId, cluster: ClusterId) {
+    let result = call_leader(state, cluster, |mut client| async move {
+        let request = MigrateRequest {
+            cluster_id: cluster,
+            partition: p,
+            op: MigrateOp::Abandon as i32,
+            ..MigrateRequest::default()
+        };
+        let mut reply = client
+            .migrate(control_request(request, limits::CONTROL_RPC_TIMEOUT_MS))
+            .await?
+            .into_inner();
+        let error = reply.error.take();
+        Ok(((), error))
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::info!(partition = p, target = cluster, error = %e, "ABANDON not applied (best effort)");
+    }
+}
+
+/// PREPARE_INCOMING at the target, then the whole partition from the source in batches.
+/// Returns the number of records copied.
+async fn copy(state: &AdminState, p: PartitionId, record: &MoveRecord) -> Result<u64, StepFail> {
+    let (s, t) = (record.source, record.target);
+    migrate(
+        state,
+        p,
+        t,
+        MoveStep::Copying,
+        MigrateOp::PrepareIncoming,
+        Vec::new(),
+        0,
+        true,
+    )
+    .await?;
+    state.mover.set_progress(p, 0);
+    let mut after: Option<Vec<u8>> = None;
+    let mut copied: u64 = 0;
+    loop {
+        let batch = scan(state, p, s, after.clone()).await?;
+        if !batch.done && batch.records.is_empty() {
+            return Err(StepFail::Refused(format!(
+                "cluster {s} answered an empty scan batch that is not the last"
+            )));
+        }
+        if let Some(last) = batch.records.last() {
+            after = Some(last.key.clone());
+        }
+        for chunk in ingest_chunks(batch.records) {
+            let n = chunk.len() as u64;
+            migrate(
+                state,
+                p,
+                t,
+                MoveStep::Copying,
+                MigrateOp::Ingest,
+                chunk,
+                batch.version_floor,
+                true,
+            )
+            .await?;
+            copied += n;
+            state.mover.set_progress(p, copied);
+        }
+        if batch.done {
+            return Ok(copied);
+        }
+        // Keep the persisted count roughly current for a partition that takes many batches.
+        advance(state, p, MoveStep::Copying, copied).await?;
+    }
+}
+
+/// One ScanPartition batch from the source's leader.
+async fn scan(
+    state: &AdminState,
+    p: PartitionId,
+    cluster: ClusterId,
+    after: Option<Vec<u8>>,
+) -> Result<ScanPartitionReply, StepFail> {
+    call_with_retry(state, p, cluster, MoveStep::Copying, false, |mut client| {
+        let request = ScanPartitionRequest {
+            cluster_id: cluster,
+            partition: p,
+            from_start: after.is_none(),
+            after_key: after.clone().unwrap_or_default(),
+            limit: INGEST_MAX_RECORDS as u32,
+        };
+        async move {
+            let mut reply = client
+                .scan_partition(control_request(request, limits::CONTROL_RPC_TIMEOUT_MS))
+                .await?
+                .into_inner();
+            let error = reply.error.take();
+            Ok((reply, error))
+        }
+    })
+    .await
+}
+
+/// Splits records into INGEST batches of at most [`INGEST_MAX_RECORDS`] records and
+/// [`INGEST_MAX_BYTES`] (a single larger record still goes alone). Always at least one batch, so
+/// that an empty partition still carries its version floor to the target.
+pub(crate) fn ingest_chunks(records: Vec<MigrateRecord>) -> Vec<Vec<MigrateRecord>> {
+    let mut chunks = Vec::new();
+    let mut current: Vec<MigrateRecord> = Vec::new();
+    let mut bytes = 0usize;
+    for r in records {
+        let size = r.key.len() + r.value.len() + RECORD_OVERHEAD_BYTES;
+        if !current.is_empty()
+            && (current.len() >= INGEST_MAX_RECORDS || bytes + size > INGEST_MAX_BYTES)
+        {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(r);
+    }
+    if !current.is_empty() || chunks.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::MetaStore;
+    use ravel_proto::v1::control_server::{Control, ControlServer};
+    use ravel_proto::v1::{
+        AssignReply, AssignRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest,
+        PartitionStateView, StatusReply, StatusRequest,
+    };
+    use std::sync::Arc;
+    use tonic::{Request, Response, Status};
+
+    /// One partition as a fake cluster holds it.
+    #[derive(Clone, Debug, Default)]
+    struct FakePartition {
+        state: i32,
+        records: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
+        floor: u64,
+    }
+
+    /// A one-replica cluster (always the leader) that applies migration steps with the node
+    /// semantics of the proto, and records every step it applied.
+    #[derive(Default)]
+    struct FakeCluster {
+        node: u64,
+        cluster: u64,
+        partitions: Mutex<BTreeMap<PartitionId, FakePartition>>,
+        ops: Mutex<Vec<String>>,
+        /// Answer OUTCOME_UNKNOWN (without applying) to this many Migrate calls first.
+        flaky: Mutex<u32>,
+    }
+
+    fn wrong_owner(why: &str) -> Option<NodeError> {
+        Some(NodeError {
+            kind: Kind::WrongOwner as i32,
+            message: why.into(),
+            ..NodeError::default()
+        })
+    }
+
+    /// The served handle of a fake cluster (the test keeps another to inspect it).
+    struct Fake(Arc<FakeCluster>);
+
+    impl std::ops::Deref for Fake {
+        type Target = FakeCluster;
+        fn deref(&self) -> &FakeCluster {
+            &self.0
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Control for Fake {
+        async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+            Ok(Response::new(StatusReply {
+                node_id: self.node,
+                cluster_id: self.cluster,
+                role: "leader".into(),
+                term: 1,
+                ..StatusReply::default()
+            }))
+        }
+        async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+            Err(Status::unimplemented("not used"))
+        }
+        async fn leave(&self, _: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+            Err(Status::unimplemented("not used"))
+        }
+        async fn assign(&self, _: Request<AssignRequest>) -> Result<Response<AssignReply>, Status> {
+            Err(Status::unimplemented("not used"))
+        }
+
+        async fn migrate(
+            &self,
+            r: Request<MigrateRequest>,
+        ) -> Result<Response<MigrateReply>, Status> {
+            use PartitionStateView as V;
+            let req = r.into_inner();
+            {
+                let mut flaky = lock(&self.flaky);
+                if *flaky > 0 {
+                    *flaky -= 1;
+                    return Ok(Response::new(MigrateReply {
+                        error: Some(NodeError {
+                            kind: Kind::OutcomeUnknown as i32,
+                            message: "timed out".into(),
+                            ..NodeError::default()
+                        }),
+                        ..MigrateReply::default()
+                    }));
+                }
+            }
+            let op = MigrateOp::try_from(req.op).unwrap_or(MigrateOp::Unspecified);
+            let mut parts = lock(&self.partitions);
+            let part = parts.entry(req.partition).or_default();
+            let state = V::try_from(part.state).unwrap_or(V::Absent);
+            let mut error = None;
+            let mut applied = 0;
+            match (op, state) {
+                (MigrateOp::Freeze, V::Serving | V::Frozen) => part.state = V::Frozen as i32,
+                (MigrateOp::PrepareIncoming, V::Absent | V::Incoming | V::Released) => {
+                    *part = FakePartition {
+                        state: V::Incoming as i32,
+                        ..FakePartition::default()
+                    };
+                }
+                (MigrateOp::Ingest, V::Incoming) => {
+                    for rec in req.records {
+                        part.records.insert(rec.key, (rec.version, rec.value));
+                        applied += 1;
+                    }
+                    part.floor = part.floor.max(req.version_floor);
+                }
+                (MigrateOp::Release, V::Frozen | V::Released) => part.state = V::Released as i32,
+                (MigrateOp::Activate, V::Incoming | V::Serving) => part.state = V::Serving as i32,
+                (MigrateOp::Purge, V::Released) => part.records.clear(),
+                (MigrateOp::Restore, V::Frozen | V::Released | V::Serving) => {
+                    part.state = V::Serving as i32;
+                }
+                (MigrateOp::Abandon, V::Incoming | V::Absent) => {
+                    *part = FakePartition::default();
+                }
+                (op, state) => error = wrong_owner(&format!("{op:?} not allowed in {state:?}")),
+            }
+            if error.is_none() {
+                lock(&self.ops).push(format!("{:?} p{}", op, req.partition));
+            }
+            Ok(Response::new(MigrateReply {
+                state: part.state,
+                records_applied: applied,
+                partition_keys: part.records.len() as u64,
+                error,
+            }))
+        }
+
+        async fn scan_partition(
+            &self,
+            r: Request<ScanPartitionRequest>,
+        ) -> Result<Response<ScanPartitionReply>, Status> {
+            let req = r.into_inner();
+            let parts = lock(&self.partitions);
+            let part = parts.get(&req.partition).cloned().unwrap_or_default();
+            if part.state != PartitionStateView::Frozen as i32 {
+                return Ok(Response::new(ScanPartitionReply {
+                    error: wrong_owner("not frozen"),
+                    ..ScanPartitionReply::default()
+                }));
+            }
+            let mut records: Vec<MigrateRecord> = part
+                .records
+                .iter()
+                .filter(|(k, _)| req.from_start || **k > req.after_key)
+                .map(|(k, (v, val))| MigrateRecord {
+                    key: k.clone(),
+                    version: *v,
+                    value: val.clone(),
+                })
+                .collect();
+            let done = records.len() <= req.limit as usize;
+            records.truncate(req.limit as usize);
+            Ok(Response::new(ScanPartitionReply {
+                records,
+                done,
+                version_floor: part.floor,
+                error: None,
+            }))
+        }
+    }
+
+    /// Serves a fake cluster on a loopback port until `stop`.
+    async fn serve(fake: Arc<FakeCluster>, stop: CancellationToken) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ControlServer::new(Fake(fake)))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                ),
+        );
+        addr
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        state: SharedState,
+        source: Arc<FakeCluster>,
+        target: Arc<FakeCluster>,
+        stop: CancellationToken,
+    }
+
+    /// Admin with P=8: cluster 1 (node 1) owns everything and serves partition 3 with
+    /// `keys` records; then cluster 2 (node 2) is added, so some partitions are planned to it.
+    async fn setup(keys: u64) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let state: SharedState = Arc::new(AdminState::new(
+            MetaStore::open(dir.path(), Some(8)).unwrap(),
+        ));
+        let stop = CancellationToken::new();
+        let source = Arc::new(FakeCluster {
+            node: 1,
+            cluster: 1,
+            ..FakeCluster::default()
+        });
+        let target = Arc::new(FakeCluster {
+            node: 2,
+            cluster: 2,
+            ..FakeCluster::default()
+        });
+        {
+            let mut parts = lock(&source.partitions);
+            for p in 0..8 {
+                parts.insert(
+                    p,
+                    FakePartition {
+                        state: PartitionStateView::Serving as i32,
+                        ..FakePartition::default()
+                    },
+                );
+            }
+            let part = parts.get_mut(&3).unwrap();
+            for i in 0..keys {
+                part.records
+                    .insert(format!("k{i:05}").into_bytes(), (i + 1, b"1".to_vec()));
+            }
+            part.floor = keys + 7;
+        }
+        for (fake, new_cluster) in [(&source, true), (&target, true)] {
+            let addr = serve(Arc::clone(fake), stop.clone()).await;
+            state
+                .meta
+                .execute(MetaCommand::RegisterReplica {
+                    token: fake.node,
+                    raft_addr: addr.clone(),
+                    grpc_addr: addr,
+                    new_cluster,
+                })
+                .await
+                .unwrap();
+            if fake.node == 1 {
+                state.meta.ensure_has_data().await.unwrap();
+            }
+        }
+        Setup {
+            _dir: dir,
+            state,
+            source,
+            target,
+            stop,
+        }
+    }
+
+    async fn start(s: &Setup) {
+        s.state
+            .meta
+            .execute(MetaCommand::StartMove {
+                partition: 3,
+                source: 1,
+                target: 2,
+                at_ms: 1,
+            })
+            .await
+            .unwrap();
+    }
+
+    fn ops(f: &FakeCluster) -> Vec<String> {
+        lock(&f.ops).clone()
+    }
+
+    /// One move driven to completion moves every record with its version and the version floor,
+    /// takes the steps in order at the right clusters (surviving an OUTCOME_UNKNOWN answer),
+    /// switches the table, purges the source and drops the record.
+    #[tokio::test]
+    async fn one_move_runs_to_completion() {
+        let s = setup(1200).await;
+        start(&s).await;
+        *lock(&s.target.flaky) = 2;
+        let epoch = s.state.meta.current().table.epoch;
+        assert_eq!(drive_steps(&s.state, 3).await, MoveEnd::Finished);
+
+        let meta = s.state.meta.current();
+        assert_eq!(meta.table.owner(3), Some(2));
+        assert_eq!(meta.table.epoch, epoch + 1);
+        assert!(meta.moves.is_empty());
+        let t = lock(&s.target.partitions)[&3].clone();
+        assert_eq!(t.state, PartitionStateView::Serving as i32);
+        assert_eq!(t.records.len(), 1200);
+        assert_eq!(t.records[b"k00041".as_slice()].0, 42);
+        assert_eq!(t.floor, 1207);
+        let src = lock(&s.source.partitions)[&3].clone();
+        assert_eq!(src.state, PartitionStateView::Released as i32);
+        assert!(src.records.is_empty(), "the source's copy is purged");
+        assert_eq!(ops(&s.source), ["Freeze p3", "Release p3", "Purge p3"]);
+        // 1200 records: three INGEST batches of at most 512.
+        assert_eq!(
+            ops(&s.target),
+            [
+                "PrepareIncoming p3",
+                "Ingest p3",
+                "Ingest p3",
+                "Ingest p3",
+                "Activate p3"
+            ]
+        );
+        s.stop.cancel();
+    }
+
+    /// A move resumed from each persisted step (as after an admin crash right after persisting
+    /// it, with the previous steps already applied at the nodes) finishes with the same result.
+    #[tokio::test]
+    async fn resumes_from_every_persisted_step() {
+        let order = [
+            MoveStep::Planned,
+            MoveStep::Freezing,
+            MoveStep::Copying,
+            MoveStep::Releasing,
+            MoveStep::Activating,
+            MoveStep::Purging,
+        ];
+        for (i, &resume_at) in order.iter().enumerate() {
+            let s = setup(20).await;
+            start(&s).await;
+            // Take the steps before `resume_at` by hand, as a previous admin run would have.
+            for &step in &order[1..=i] {
+                if step == MoveStep::Purging {
+                    s.state
+                        .meta
+                        .execute(MetaCommand::SwitchOwner {
+                            partition: 3,
+                            at_ms: 5,
+                        })
+                        .await
+                        .unwrap();
+                } else {
+                    advance(&s.state, 3, step, 0).await.unwrap();
+                }
+                // The action of the step before the next one was taken too.
+                let previous = order[order.iter().position(|x| *x == step).unwrap() - 1];
+                match previous {
+                    MoveStep::Freezing => {
+                        migrate(&s.state, 3, 1, step, MigrateOp::Freeze, vec![], 0, false)
+                            .await
+                            .ok();
+                        lock(&s.source.partitions).get_mut(&3).unwrap().state =
+                            PartitionStateView::Frozen as i32;
+                    }
+                    MoveStep::Copying => {
+                        let mut parts = lock(&s.target.partitions);
+                        let src = lock(&s.source.partitions)[&3].clone();
+                        parts.insert(
+                            3,
+                            FakePartition {
+                                state: PartitionStateView::Incoming as i32,
+                                ..src
+                            },
+                        );
+                    }
+                    MoveStep::Releasing => {
+                        lock(&s.source.partitions).get_mut(&3).unwrap().state =
+                            PartitionStateView::Released as i32;
+                    }
+                    MoveStep::Activating => {
+                        lock(&s.target.partitions).get_mut(&3).unwrap().state =
+                            PartitionStateView::Serving as i32;
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(s.state.meta.current().moves[&3].step, resume_at);
+            assert_eq!(
+                drive_steps(&s.state, 3).await,
+                MoveEnd::Finished,
+                "resumed at {resume_at:?}"
+            );
+            let meta = s.state.meta.current();
+            assert_eq!(meta.table.owner(3), Some(2), "resumed at {resume_at:?}");
+            assert!(meta.moves.is_empty());
+            let t = lock(&s.target.partitions)[&3].clone();
+            assert_eq!(
+                t.state,
+                PartitionStateView::Serving as i32,
+                "resumed at {resume_at:?}"
+            );
+            assert_eq!(t.records.len(), 20, "resumed at {resume_at:?}");
+            let src = lock(&s.source.partitions)[&3].clone();
+            assert_eq!(src.state, PartitionStateView::Released as i32);
+            assert!(src.records.is_empty());
+            s.stop.cancel();
+        }
+    }
+
+    /// A target with no reachable leader before ACTIVATE aborts the move: the source serves the
+    /// partition again and the record is gone; the table never changed.
+    #[tokio::test]
+    async fn unreachable_target_aborts_before_activate() {
+        let s = setup(5).await;
+        // Point cluster 2's replica at a port nobody listens on.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        s.state
+            .meta
+            .execute(MetaCommand::RegisterReplica {
+                token: 2,
+                raft_addr: dead.clone(),
+                grpc_addr: dead,
+                new_cluster: true,
+            })
+            .await
+            .unwrap();
+        start(&s).await;
+        let epoch = s.state.meta.current().table.epoch;
+        assert_eq!(drive_steps(&s.state, 3).await, MoveEnd::Aborted);
+        let meta = s.state.meta.current();
+        assert!(meta.moves.is_empty());
+        assert_eq!(meta.table.owner(3), Some(1));
+        assert_eq!(meta.table.epoch, epoch);
+        assert_eq!(
+            lock(&s.source.partitions)[&3].state,
+            PartitionStateView::Serving as i32
+        );
+        assert_eq!(ops(&s.source), ["Freeze p3", "Restore p3"]);
+        s.stop.cancel();
+    }
+
+    /// The mover task itself starts planned moves once both clusters confirmed the assignment,
+    /// never more than its concurrency at once, and moves every planned partition to cluster 2.
+    #[tokio::test]
+    async fn run_moves_every_planned_partition() {
+        let s = setup(3).await;
+        let epoch = s.state.meta.current().assignment_epoch;
+        let planned = plan_moves(&s.state.meta.current());
+        assert!(!planned.is_empty());
+        let task = tokio::spawn(run(SharedState::clone(&s.state), 2, s.stop.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            s.state.meta.current().moves.is_empty(),
+            "no move before confirmation"
+        );
+        s.state.placement.set_confirmed(1, epoch);
+        s.state.placement.set_confirmed(2, epoch);
+        s.state.mover.wake();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let meta = s.state.meta.current();
+            assert!(meta.moves.len() <= 2, "at most 2 moves at once");
+            if plan_moves(&meta).is_empty() && meta.moves.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "moves did not finish");
+            drop(meta);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let meta = s.state.meta.current();
+        for m in planned {
+            assert_eq!(meta.table.owner(m.partition), Some(2));
+        }
+        assert_eq!(meta.table.owners, meta.target);
+        s.stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// INGEST batches respect both the record and the byte cap, and an empty partition still
+    /// gets one (empty) batch to carry its version floor.
+    #[test]
+    fn ingest_batches_are_bounded() {
+        let rec = |n: usize| MigrateRecord {
+            key: vec![b'k'],
+            version: 1,
+            value: vec![0; n],
+        };
+        assert_eq!(ingest_chunks(vec![]).len(), 1);
+        let sizes: Vec<usize> = ingest_chunks((0..1100).map(|_| rec(1)).collect())
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [512, 512, 76]);
+        let big = ingest_chunks((0..5).map(|_| rec(900 * 1024)).collect());
+        assert_eq!(big.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        let huge = ingest_chunks(vec![rec(3 * 1024 * 1024)]);
+        assert_eq!(huge.len(), 1);
+    }
+}
