@@ -23,6 +23,9 @@ use ravel_proto::v1::data_client::DataClient;
 use ravel_proto::v1::{StatusReply, StatusRequest};
 use serde_json::Value;
 
+pub mod history;
+pub mod workload;
+
 /// How long to wait for a process to become ready before a test gives up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -323,6 +326,36 @@ impl TestCluster {
             .args(["kill", "-s", &dir])
             .args(extra)
             .output()
+            .context("running ravel_node kill")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    /// Runs `ravel_node kill -s DIR [extra]` without blocking the runtime, killing it if it has
+    /// not finished within `timeout`; returns (success, combined output).
+    pub async fn run_node_kill_within(
+        &self,
+        name: &str,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> Result<(bool, String)> {
+        let dir = self.node(name).dir.display().to_string();
+        let child = tokio::process::Command::new(&self.node_bin)
+            .args(["kill", "-s", &dir])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting ravel_node kill")?;
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| anyhow!("ravel_node kill -s {dir} did not finish within {timeout:?}"))?
             .context("running ravel_node kill")?;
         let text = format!(
             "{}{}",
