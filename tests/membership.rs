@@ -108,15 +108,24 @@ async fn cluster_added_after_keys_exist_receives_its_share_by_migration() -> Res
         tc.cluster_view().await.is_ok_and(|v| {
             v["migrations"].as_array().is_some_and(Vec::is_empty)
                 && v["moves_pending"].as_u64() == Some(0)
-                && v["clusters"][1]["partitions"].as_u64().is_some_and(|n| n > 0)
+                && v["clusters"][1]["partitions"]
+                    .as_u64()
+                    .is_some_and(|n| n > 0)
         })
     })
     .await?;
     let view = tc.cluster_view().await?;
     let clusters = view["clusters"].as_array().expect("clusters");
     let moved = clusters[1]["partitions"].as_u64().expect("count");
-    assert_eq!(clusters[0]["partitions"].as_u64().expect("count") + moved, 1024, "{view}");
-    assert!((412..=612).contains(&moved), "about half the partitions moved: {view}");
+    assert_eq!(
+        clusters[0]["partitions"].as_u64().expect("count") + moved,
+        1024,
+        "{view}"
+    );
+    assert!(
+        (412..=612).contains(&moved),
+        "about half the partitions moved: {view}"
+    );
     assert!(
         view["epoch"].as_u64().expect("epoch") > epoch_before,
         "the table changed as partitions moved: {view}"
@@ -124,7 +133,10 @@ async fn cluster_added_after_keys_exist_receives_its_share_by_migration() -> Res
     for (i, version) in versions.iter().enumerate() {
         let got = tc.get(&format!("k{i}")).await?;
         assert_eq!(got.1["val"], json!(i), "{}", got.1);
-        assert_eq!(&got.1["version"], version, "versions are kept when keys move");
+        assert_eq!(
+            &got.1["version"], version,
+            "versions are kept when keys move"
+        );
     }
     assert_eq!(tc.put("new", &json!(true)).await?.0, 200);
     Ok(())
