@@ -52,6 +52,7 @@ async fn put_without_any_cluster_is_503() -> Result<()> {
         "a get with no cluster is 503, never 404: {}",
         get.1
     );
+    tc.finish();
     Ok(())
 }
 
@@ -93,6 +94,7 @@ async fn slow_and_idle_clients_do_not_lock_out_others() -> Result<()> {
         "the server closes a connection that never finishes its headers"
     );
     drop(idle);
+    tc.finish();
     Ok(())
 }
 
@@ -113,6 +115,7 @@ async fn http_contract_on_one_cluster_of_three() -> Result<()> {
     assert_eq!(put.0, 200, "{}", put.1);
     let get = tc.get("after").await?;
     assert_eq!(get.1["val"], json!({"still": "serving"}));
+    tc.finish();
     Ok(())
 }
 

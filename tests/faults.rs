@@ -114,6 +114,7 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> Result<()> {
         },
     )
     .await?;
+    tc.finish();
     Ok(())
 }
 
@@ -141,6 +142,7 @@ async fn kill9_of_everything_then_restart_loses_no_acknowledged_key() -> Result<
     }
     tc.wait_ready().await?;
     assert_all_readable(&tc, &acked).await?;
+    tc.finish();
     Ok(())
 }
 
@@ -217,5 +219,6 @@ async fn lagging_replica_catches_up_by_snapshot() -> Result<()> {
         let stored: Value = serde_json::from_slice(&b.value)?;
         assert_eq!(&stored, value, "{key} holds its acknowledged value");
     }
+    tc.finish();
     Ok(())
 }

@@ -85,6 +85,7 @@ async fn kill_shrinks_membership_and_refuses_to_drop_the_last_replica_with_keys(
     let put = tc.put("k0", &json!("again")).await?;
     assert_eq!(put.0, 503, "no cluster left: {}", put.1);
     assert_eq!(put.1["code"], "no_cluster");
+    tc.finish();
     Ok(())
 }
 
@@ -139,6 +140,7 @@ async fn cluster_added_after_keys_exist_receives_its_share_by_migration() -> Res
         );
     }
     assert_eq!(tc.put("new", &json!(true)).await?.0, 200);
+    tc.finish();
     Ok(())
 }
 
@@ -171,6 +173,7 @@ async fn admin_restart_resumes_routing_from_its_own_state() -> Result<()> {
     );
     // And it becomes ready without any replica restarting.
     tokio::time::timeout(Duration::from_secs(60), tc.wait_ready()).await??;
+    tc.finish();
     Ok(())
 }
 
@@ -193,5 +196,6 @@ async fn replicas_started_before_the_admin_wait_for_it() -> Result<()> {
     tc.wait_ready().await?;
     assert_eq!(tc.put("k", &json!("v")).await?.0, 200);
     assert_eq!(tc.get("k").await?.1["val"], json!("v"));
+    tc.finish();
     Ok(())
 }

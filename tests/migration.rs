@@ -74,6 +74,7 @@ async fn migration_under_load_adds_two_clusters_and_drains_the_first() {
         // Panicking while `tc` is alive keeps the processes' logs.
         panic!("migration under load failed (seed {}): {e:#}", config.seed);
     }
+    tc.finish();
 }
 
 async fn under_load(tc: &mut TestCluster, config: &WorkloadConfig) -> Result<()> {
@@ -151,6 +152,7 @@ async fn migration_survives_admin_kill9_mid_move() {
             config.seed
         );
     }
+    tc.finish();
 }
 
 async fn admin_kill9_mid_move(tc: &mut TestCluster, config: &WorkloadConfig) -> Result<()> {

@@ -104,5 +104,6 @@ async fn two_clusters_split_keys_and_serve_only_their_own() -> Result<()> {
         let got = tc.get(&format!("k{i}")).await?;
         assert_eq!(got.1["val"], json!(i));
     }
+    tc.finish();
     Ok(())
 }

@@ -139,6 +139,9 @@ pub struct TestCluster {
     nodes: BTreeMap<String, (NodeSpec, Proc)>,
     extra_node_args: Vec<String>,
     http: reqwest::Client,
+    /// Set by [`TestCluster::finish`]: only then are the logs deleted on drop. A test that fails
+    /// by panicking or by returning an error keeps them.
+    finished: bool,
 }
 
 impl TestCluster {
@@ -173,6 +176,7 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             extra_node_args: Vec::new(),
             http,
+            finished: false,
         })
     }
 
@@ -181,6 +185,11 @@ impl TestCluster {
     pub fn with_node_args(mut self, args: &[&str]) -> Self {
         self.extra_node_args = args.iter().map(|s| (*s).to_string()).collect();
         self
+    }
+
+    /// Marks the test as passed: its data and logs are deleted when the cluster is dropped.
+    pub fn finish(&mut self) {
+        self.finished = true;
     }
 
     /// The directory holding this test's data and logs.
@@ -473,10 +482,10 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.kill9_all();
-        if std::thread::panicking() {
-            eprintln!("test failed: logs kept in {}", self.root.display());
-        } else {
+        if self.finished && !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.root);
+        } else {
+            eprintln!("test did not finish: logs kept in {}", self.root.display());
         }
     }
 }
