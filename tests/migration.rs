@@ -1,5 +1,7 @@
 //! End-to-end tests of online partition migration on the real binaries (issue 3): clusters are
-//! added and removed while concurrent clients write and read, and afterwards the recorded
+//! added and removed while concurrent clients write and read — also with the admin or a
+//! cluster's leader killed mid-move, and with a target cluster that lost its quorum (the moves
+//! abort, the source keeps serving, the moves are retried later) — and afterwards the recorded
 //! history has no stale read, no lost write and no value that was never written; every key
 //! lives only on its owner; and each addition moved the ring's share of partitions.
 //!
@@ -18,7 +20,7 @@ use ravel_core::table::ring_owners;
 use ravel_proto::v1::GetRequest;
 use ravel_proto::v1::node_error::Kind;
 use ravel_testkit::TestCluster;
-use ravel_testkit::history::Observed;
+use ravel_testkit::history::{Observed, Op, OpKind, Outcome};
 use ravel_testkit::workload::{Workload, WorkloadConfig, read_finals};
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -51,6 +53,18 @@ const MIGRATION_VISIBLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline for the source clusters to delete the copies they moved away (PURGE).
 const PURGE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Moves at once in the leader-kill test (fewer than the default, so that the moves last long
+/// enough for two kills and the recoveries between them).
+const LEADER_KILL_MOVES: usize = 2;
+
+/// Retry backoff of aborted moves in the no-quorum test (`--move-retry-backoff-ms`): long enough
+/// to check the source alone serves everything after the abort, short enough for the test.
+const NO_QUORUM_RETRY_BACKOFF: Duration = Duration::from_secs(20);
+
+/// How long, after the abort, the workload may take to write every key once (within the retry
+/// backoff, while no move can start).
+const AFTER_ABORT_WINDOW: Duration = Duration::from_secs(12);
+
 /// Poll interval of this file's own waits.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -67,42 +81,18 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// the new cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migration_under_load_adds_two_clusters_and_drains_the_first() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let mut tc = common::new_cluster("migration_under_load").expect("test cluster");
-    let config = workload_config(5_000, "ml-");
-    if let Err(e) = under_load(&mut tc, &config).await {
-        // Panicking while `tc` is alive keeps the processes' logs.
-        panic!("migration under load failed (seed {}): {e:#}", config.seed);
-    }
-    tc.finish();
+    run_e2e("migration_under_load", &[], 5_000, "ml-", under_load).await;
 }
 
 async fn under_load(tc: &mut TestCluster, config: &WorkloadConfig) -> Result<()> {
-    let started = Instant::now();
-    common::start_clusters(tc, 1, REPLICAS).await?;
-    ensure_partition_count(tc).await?;
-    let workload = Workload::start(&tc.url(""), config)?;
-    workload.wait_loaded(LOAD_TIMEOUT).await?;
-    eprintln!("loaded {} keys in {:?}", config.keys, started.elapsed());
-
+    let workload = start_loaded(tc, REPLICAS, config).await?;
     for c in 2..=3 {
         let before = partition_counts(&tc.cluster_view().await?)?;
         let t = Instant::now();
         add_cluster(tc, c).await?;
         let new_id = new_cluster_id(tc, &before).await?;
-        let mut ids: BTreeSet<u64> = before.keys().copied().collect();
-        ids.insert(new_id);
-        let view = wait_moves_done(tc, &ids, MOVES_TIMEOUT).await?;
-        let after = partition_counts(&view)?;
-        eprintln!(
-            "cluster c{c} (id {new_id}) added: moves done {:?} after its first replica started; \
-             partitions {before:?} -> {after:?}; max_write_pause_ms so far {}; answers so far \
-             {:?}",
-            t.elapsed(),
-            view["max_write_pause_ms"],
-            workload.answers().await
-        );
-        check_moved_fraction(&before, &after, new_id)?;
+        wait_addition_done(tc, &before, new_id, t).await?;
+        eprintln!("answers so far: {:?}", workload.answers().await);
     }
 
     // Remove the first cluster: its replicas one by one, the last one draining it.
@@ -143,26 +133,18 @@ async fn under_load(tc: &mut TestCluster, config: &WorkloadConfig) -> Result<()>
 /// properties as under load hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migration_survives_admin_kill9_mid_move() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let mut tc = common::new_cluster("migration_admin_kill9").expect("test cluster");
-    let config = workload_config(2_000, "mk-");
-    if let Err(e) = admin_kill9_mid_move(&mut tc, &config).await {
-        panic!(
-            "migration with an admin kill -9 failed (seed {}): {e:#}",
-            config.seed
-        );
-    }
-    tc.finish();
+    run_e2e(
+        "migration_admin_kill9",
+        &[],
+        2_000,
+        "mk-",
+        admin_kill9_mid_move,
+    )
+    .await;
 }
 
 async fn admin_kill9_mid_move(tc: &mut TestCluster, config: &WorkloadConfig) -> Result<()> {
-    let started = Instant::now();
-    common::start_clusters(tc, 1, REPLICAS).await?;
-    ensure_partition_count(tc).await?;
-    let workload = Workload::start(&tc.url(""), config)?;
-    workload.wait_loaded(LOAD_TIMEOUT).await?;
-    eprintln!("loaded {} keys in {:?}", config.keys, started.elapsed());
-
+    let workload = start_loaded(tc, REPLICAS, config).await?;
     let before = partition_counts(&tc.cluster_view().await?)?;
     let t = Instant::now();
     // The new cluster's first replica alone: moves start as soon as it leads its cluster, and
@@ -207,20 +189,224 @@ async fn admin_kill9_mid_move(tc: &mut TestCluster, config: &WorkloadConfig) -> 
         common::wait_replica_count(tc, REPLICAS + n).await?;
     }
     common::wait_voters(tc, 2 * REPLICAS).await?;
-    let mut ids: BTreeSet<u64> = before.keys().copied().collect();
-    ids.insert(new_id);
-    let view = wait_moves_done(tc, &ids, MOVES_TIMEOUT).await?;
-    let after = partition_counts(&view)?;
-    eprintln!(
-        "moves done {:?} after the new cluster started; partitions {before:?} -> {after:?}",
-        t.elapsed()
-    );
-    check_moved_fraction(&before, &after, new_id)?;
+    wait_addition_done(tc, &before, new_id, t).await?;
+    verify(tc, workload, &[1, 2]).await
+}
 
+/// One cluster of three with 2,000 keys under load; a second cluster of three is added and,
+/// while its partitions are moving, the source cluster's leader is killed with `kill -9`, then
+/// (moves still in progress, and more partitions switched since: the source elected a new
+/// leader) the target cluster's leader; each is restarted after the moves went on without it.
+/// The moves complete, and the same properties as under load hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migration_survives_source_and_target_leader_kill9() {
+    run_e2e(
+        "migration_leader_kill9",
+        &["--max-concurrent-moves", &LEADER_KILL_MOVES.to_string()],
+        2_000,
+        "lk-",
+        leader_kill9_mid_move,
+    )
+    .await;
+}
+
+async fn leader_kill9_mid_move(tc: &mut TestCluster, config: &WorkloadConfig) -> Result<()> {
+    let workload = start_loaded(tc, REPLICAS, config).await?;
+    let before = partition_counts(&tc.cluster_view().await?)?;
+    let t = Instant::now();
+    add_cluster(tc, 2).await?;
+    let new_id = new_cluster_id(tc, &before).await?;
+    for (c, role) in [(1, "source"), (2, "target")] {
+        kill9_leader_mid_move(tc, c, role, new_id).await?;
+    }
+    common::wait_voters(tc, 2 * REPLICAS).await?;
+    wait_addition_done(tc, &before, new_id, t).await?;
+    verify(tc, workload, &[1, 2]).await
+}
+
+/// A source cluster of three with 1,000 keys under load; a target cluster of three is added
+/// while the source's replicas are paused (SIGSTOP: no move can get past FREEZE; the source has
+/// three replicas because placement gives a new replica to the smallest cluster, lowest id on a
+/// tie, so a smaller source would take the target's second replica), and once the target's
+/// replicas are voters two of them (its leader among them) are killed with `kill -9`. The source
+/// resumes: the moves freeze their partitions and stall at the copy; every key stays readable;
+/// after `TARGET_DOWN_ABORT_MS` the moves abort, the source serves every partition again and,
+/// during the retry backoff, every key is read and written without a single failure. The two
+/// replicas restart: the moves are retried after the backoff and complete, and the same
+/// properties as under load hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migration_to_a_target_without_quorum_aborts_and_keeps_serving() {
+    run_e2e(
+        "migration_target_no_quorum",
+        &[
+            "--move-retry-backoff-ms",
+            &NO_QUORUM_RETRY_BACKOFF.as_millis().to_string(),
+        ],
+        1_000,
+        "nq-",
+        target_without_quorum,
+    )
+    .await;
+}
+
+async fn target_without_quorum(tc: &mut TestCluster, config: &WorkloadConfig) -> Result<()> {
+    let workload = start_loaded(tc, REPLICAS, config).await?;
+    let history = workload.history();
+    let keys = workload.keys().to_vec();
+    let before = partition_counts(&tc.cluster_view().await?)?;
+    let source_id = tc.status("c1n1").await?.cluster_id;
+
+    // Hold the source so that no move gets past FREEZE before the target lost its quorum (the
+    // moves start as soon as the target's first replica leads it).
+    let source = common::members(tc, 1);
+    for name in &source {
+        tc.pause_node(name, true);
+    }
+    let paused = Instant::now();
+    add_cluster(tc, 2).await?;
+    let new_id = new_cluster_id(tc, &before).await?;
+    let view = tc.cluster_view().await?;
+    ensure!(
+        owned_by(&view, new_id) == 0,
+        "a partition moved while its source was paused: {view}"
+    );
+    let target = common::members(tc, 2);
+    let refs: Vec<&str> = target.iter().map(String::as_str).collect();
+    let leader = tc.wait_leader(&refs).await?;
+    let follower = target
+        .iter()
+        .find(|n| **n != leader)
+        .context("the target has a follower")?
+        .clone();
+    let down = [leader, follower];
+    for name in &down {
+        tc.kill9_node(name);
+    }
+    for name in &source {
+        tc.pause_node(name, false);
+    }
+    let resumed = Instant::now();
+    let resumed_at = history.now();
+    eprintln!(
+        "source paused {:?} while the target joined; target replicas {down:?} killed (-9); \
+         moves planned: {}",
+        paused.elapsed(),
+        view["migrations"]
+    );
+
+    // The moves freeze their partitions at the source and stall at the copy: every key is still
+    // readable (a frozen partition is); writes fail only on the partitions being moved.
+    let mut stalled: BTreeSet<u64> = BTreeSet::new();
+    let copying = wait_view(tc, "a move stalled at the copy", |v| {
+        stalled.extend(moving_partitions(v));
+        moving_steps(v).contains("copying")
+    })
+    .await?;
+    let stalled_since = Instant::now();
+    let finals = read_finals(&tc.url(""), &keys, 16, 25).await?;
+    ensure!(
+        finals.len() == keys.len(),
+        "while moves stalled at the copy only {} of {} keys could be read",
+        finals.len(),
+        keys.len()
+    );
+    eprintln!(
+        "moves stalled at the copy {:?} after the source resumed: {}; all {} keys read in {:?}",
+        resumed.elapsed(),
+        copying["migrations"],
+        keys.len(),
+        stalled_since.elapsed()
+    );
+
+    // The moves abort (no ACTIVATE was ever sent): the table did not change.
+    let view = wait_view(tc, "every move aborted", |v| {
+        stalled.extend(moving_partitions(v));
+        v["migrations"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await?;
+    let aborted = Instant::now();
+    let window_start = history.now();
+    eprintln!(
+        "moves aborted {:?} after the first one stalled at the copy ({:?} after the source \
+         resumed; TARGET_DOWN_ABORT_MS is {} ms); partitions moved and restored: {stalled:?}",
+        aborted - stalled_since,
+        aborted - resumed,
+        ravel_admin::mover::TARGET_DOWN_ABORT_MS
+    );
+    let counts = partition_counts(&view)?;
+    ensure!(
+        owned_by(&view, new_id) == 0 && owned_by(&view, source_id) == u64::from(PARTITIONS),
+        "after the abort the source must own every partition: {counts:?}"
+    );
+    let (failed, elsewhere) = failed_writes_since(&history.ops(), resumed_at, &stalled);
+    eprintln!(
+        "writes not acknowledged since the source resumed: {failed}, of which {elsewhere} on \
+         partitions that were not moving (the router finding the source's leader again)"
+    );
+
+    // During the backoff every key is read and written at the source without a failure.
+    every_key_served_without_failure(tc, &workload, window_start, new_id).await?;
+    eprintln!(
+        "every key written and read at the source without a failure in the {:?} after the abort",
+        aborted.elapsed()
+    );
+
+    for name in &down {
+        tc.start_node(name, false)?;
+    }
+    wait_members_voters(tc, 2).await?;
+    let view = wait_view(tc, "the moves retried", |v| {
+        !moving_partitions(v).is_empty()
+    })
+    .await?;
+    eprintln!(
+        "target replicas restarted; moves retried {:?} after the abort (backoff {:?}): {}",
+        aborted.elapsed(),
+        NO_QUORUM_RETRY_BACKOFF,
+        view["migrations"]
+    );
+    wait_addition_done(tc, &before, new_id, aborted).await?;
     verify(tc, workload, &[1, 2]).await
 }
 
 // ---------------------------------------------------------------------------- set-up helpers
+
+/// Runs one test body on a fresh test cluster (admin started with `admin_args`), one test at a
+/// time, with a workload of `keys` keys. A failure panics while the cluster is alive, which
+/// keeps the processes' logs, and names the workload's seed.
+async fn run_e2e(
+    name: &str,
+    admin_args: &[&str],
+    keys: usize,
+    key_prefix: &str,
+    body: impl AsyncFnOnce(&mut TestCluster, &WorkloadConfig) -> Result<()>,
+) {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tc = common::new_cluster(name)
+        .expect("test cluster")
+        .with_admin_args(admin_args);
+    let config = workload_config(keys, key_prefix);
+    if let Err(e) = body(&mut tc, &config).await {
+        panic!("{name} failed (seed {}): {e:#}", config.seed);
+    }
+    tc.finish();
+}
+
+/// Starts the admin and cluster `c1` of `replicas` replicas, then the workload, and waits until
+/// every key was written once.
+async fn start_loaded(
+    tc: &mut TestCluster,
+    replicas: usize,
+    config: &WorkloadConfig,
+) -> Result<Workload> {
+    let started = Instant::now();
+    common::start_clusters(tc, 1, replicas).await?;
+    ensure_partition_count(tc).await?;
+    let workload = Workload::start(&tc.url(""), config)?;
+    workload.wait_loaded(LOAD_TIMEOUT).await?;
+    eprintln!("loaded {} keys in {:?}", config.keys, started.elapsed());
+    Ok(workload)
+}
 
 /// The workload of these tests, with a seed from `RAVEL_TEST_SEED` or the clock (printed).
 fn workload_config(keys: usize, key_prefix: &str) -> WorkloadConfig {
@@ -264,7 +450,69 @@ async fn add_cluster(tc: &mut TestCluster, c: usize) -> Result<()> {
         tc.start_node(&format!("c{c}n{n}"), n == 1)?;
         common::wait_replica_count(tc, existing + n).await?;
     }
-    common::wait_voters(tc, existing + REPLICAS).await
+    wait_members_voters(tc, c).await
+}
+
+/// Waits until every replica of cluster `c{c}` is a voter of its cluster (from its own status;
+/// the other clusters' replicas are not asked, so one may be paused).
+async fn wait_members_voters(tc: &TestCluster, c: usize) -> Result<()> {
+    let names = common::members(tc, c);
+    ravel_testkit::wait_until(
+        &format!("every replica of c{c} a voter"),
+        ravel_testkit::READY_TIMEOUT,
+        || async {
+            for name in &names {
+                match tc.status(name).await {
+                    Ok(st) if st.voters.contains(&st.node_id) => {}
+                    _ => return false,
+                }
+            }
+            true
+        },
+    )
+    .await
+}
+
+/// `kill -9` of the leader of cluster `c{c}` (the moves' `role`) while moves to cluster `new_id`
+/// are in progress; waits until more partitions switched to `new_id` than the moves in progress
+/// at the kill could switch without that cluster (so it elected a new leader and the moves went
+/// on), with moves still in progress, then restarts the killed replica.
+async fn kill9_leader_mid_move(
+    tc: &mut TestCluster,
+    c: usize,
+    role: &str,
+    new_id: u64,
+) -> Result<()> {
+    let view = wait_view(tc, "moves in progress", |v| {
+        !moving_partitions(v).is_empty()
+    })
+    .await?;
+    let switched = owned_by(&view, new_id);
+    let names = common::members(tc, c);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leader = tc.wait_leader(&refs).await?;
+    tc.kill9_node(&leader);
+    let killed = Instant::now();
+    eprintln!(
+        "kill -9 of the {role} cluster's leader {leader} with {switched} partitions switched; \
+         moves in progress: {}",
+        view["migrations"]
+    );
+    let view = wait_view(
+        tc,
+        &format!("moves going on without the {role}'s old leader"),
+        |v| {
+            owned_by(v, new_id) > switched + LEADER_KILL_MOVES as u64
+                && !moving_partitions(v).is_empty()
+        },
+    )
+    .await?;
+    eprintln!(
+        "moves went on {:?} after the kill of {leader} ({} partitions switched); restarting it",
+        killed.elapsed(),
+        owned_by(&view, new_id)
+    );
+    tc.start_node(&leader, false)
 }
 
 /// The id of the one cluster `/v1/cluster` lists that is not in `before`.
@@ -282,6 +530,34 @@ async fn new_cluster_id(tc: &TestCluster, before: &BTreeMap<u64, u64>) -> Result
 }
 
 // ---------------------------------------------------------------------- /v1/cluster readers
+
+/// Partitions owned by cluster `id` in a `/v1/cluster` view (0 if it is not listed).
+fn owned_by(view: &Value, id: u64) -> u64 {
+    partition_counts(view)
+        .ok()
+        .and_then(|c| c.get(&id).copied())
+        .unwrap_or(0)
+}
+
+/// The partitions of the moves in progress in a `/v1/cluster` view.
+fn moving_partitions(view: &Value) -> BTreeSet<u64> {
+    view["migrations"]
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["partition"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// The steps of the moves in progress in a `/v1/cluster` view.
+fn moving_steps(view: &Value) -> BTreeSet<String> {
+    view["migrations"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m["step"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// Partitions owned per cluster id, from a `/v1/cluster` view.
 fn partition_counts(view: &Value) -> Result<BTreeMap<u64, u64>> {
@@ -310,6 +586,28 @@ fn ring_counts(clusters: &BTreeSet<u64>) -> BTreeMap<u64, u64> {
         *counts.entry(owner).or_default() += 1;
     }
     counts
+}
+
+/// Waits until the moves of the addition of cluster `new_id` to the clusters of `before` are
+/// done (reporting the time since `since`), and checks the share of partitions that moved.
+async fn wait_addition_done(
+    tc: &TestCluster,
+    before: &BTreeMap<u64, u64>,
+    new_id: u64,
+    since: Instant,
+) -> Result<()> {
+    let mut ids: BTreeSet<u64> = before.keys().copied().collect();
+    ids.insert(new_id);
+    let view = wait_moves_done(tc, &ids, MOVES_TIMEOUT).await?;
+    let after = partition_counts(&view)?;
+    eprintln!(
+        "cluster {new_id} added: moves done {:?} after it started; partitions {before:?} -> \
+         {after:?}; max_write_pause_ms so far {}",
+        since.elapsed(),
+        view["max_write_pause_ms"]
+    );
+    check_moved_fraction(before, &after, new_id)?;
+    Ok(())
 }
 
 /// Waits until no move is in progress and the owners are the ring's over exactly `clusters`
@@ -408,6 +706,86 @@ fn check_moved_fraction(
 }
 
 // ------------------------------------------------------------------------------ verification
+
+/// Writes invoked at or after `since` (history clock) that were not acknowledged, and how many
+/// of those were on a key whose partition is not in `moving`.
+fn failed_writes_since(ops: &[Op], since: Duration, moving: &BTreeSet<u64>) -> (usize, usize) {
+    let failed: Vec<&Op> = ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Write && o.invoke_at >= since && o.outcome != Outcome::Ok)
+        .collect();
+    let elsewhere = failed
+        .iter()
+        .filter(|o| {
+            !moving.contains(&u64::from(ravel_core::partition_of(
+                o.key.as_bytes(),
+                PARTITIONS,
+            )))
+        })
+        .count();
+    (failed.len(), elsewhere)
+}
+
+/// After an abort, while no move may start (the retry backoff): waits until every key had a
+/// write acknowledged that was invoked at or after `since` (history clock), checks that no read
+/// or write invoked since then failed, that every key reads back, and that still no move is in
+/// progress and cluster `target` owns nothing.
+async fn every_key_served_without_failure(
+    tc: &TestCluster,
+    workload: &Workload,
+    since: Duration,
+    target: u64,
+) -> Result<()> {
+    let history = workload.history();
+    let deadline = Instant::now() + AFTER_ABORT_WINDOW;
+    loop {
+        let ops = history.ops();
+        let recent: Vec<&Op> = ops.iter().filter(|o| o.invoke_at >= since).collect();
+        let not_ok: Vec<&&Op> = recent
+            .iter()
+            .filter(|o| o.outcome != Outcome::Ok)
+            .take(10)
+            .collect();
+        ensure!(
+            not_ok.is_empty(),
+            "requests failed at the source after the abort: {not_ok:?}"
+        );
+        let written: BTreeSet<&str> = recent
+            .iter()
+            .filter(|o| o.kind == OpKind::Write)
+            .map(|o| o.key.as_str())
+            .collect();
+        if written.len() == workload.keys().len() {
+            eprintln!(
+                "after the abort: {} reads and {} writes, all acknowledged",
+                recent.iter().filter(|o| o.kind == OpKind::Read).count(),
+                recent.iter().filter(|o| o.kind == OpKind::Write).count()
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "within {AFTER_ABORT_WINDOW:?} after the abort only {} of {} keys were written",
+                written.len(),
+                workload.keys().len()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let finals = read_finals(&tc.url(""), workload.keys(), 16, 1).await?;
+    ensure!(
+        finals.len() == workload.keys().len(),
+        "after the abort only {} of {} keys read back at the first attempt",
+        finals.len(),
+        workload.keys().len()
+    );
+    let view = tc.cluster_view().await?;
+    ensure!(
+        moving_partitions(&view).is_empty() && owned_by(&view, target) == 0,
+        "a move started again within the retry backoff: {view}"
+    );
+    Ok(())
+}
 
 /// Stops the load and checks everything that must hold after the moves, with the clusters
 /// `c{n}` for n in `cluster_numbers` remaining.

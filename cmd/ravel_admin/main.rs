@@ -47,6 +47,12 @@ struct StartArgs {
     #[arg(long, value_name = "N", default_value_t = ravel_admin::mover::DEFAULT_MAX_CONCURRENT_MOVES,
           value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
     max_concurrent_moves: usize,
+    /// Milliseconds before an aborted partition move is tried again; when it aborted because the
+    /// target cluster had no quorum, no move to that cluster starts for this long either.
+    /// Tests use a short one; in production the default lets a failed cluster be repaired.
+    #[arg(long, value_name = "MS", default_value_t = ravel_admin::mover::DEFAULT_MOVE_RETRY_BACKOFF_MS,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    move_retry_backoff_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             backup_path: args.backup_path,
             partitions: args.partitions,
             max_concurrent_moves: args.max_concurrent_moves,
+            move_retry_backoff_ms: args.move_retry_backoff_ms,
         };
         ravel_admin::run(config, shutdown).await?;
         Ok(())

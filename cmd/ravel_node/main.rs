@@ -39,6 +39,10 @@ struct StartArgs {
     /// Address of the Raft transport between replicas, host:port.
     #[arg(short = 'r', long = "raftaddr", value_name = "ADDR")]
     raftaddr: Option<String>,
+    /// The Raft address peers are told to dial, host:port (default: --raftaddr). Set it when
+    /// peers reach this replica through a proxy, NAT or load balancer.
+    #[arg(long = "raft-advertise", value_name = "ADDR")]
+    raft_advertise: Option<String>,
     /// The admin's gRPC address, host:port.
     #[arg(short = 'a', long = "adminrpcaddr", value_name = "ADDR")]
     adminrpcaddr: Option<String>,
@@ -90,6 +94,7 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         storagedir: args.storagedir,
         grpcaddr: args.grpcaddr,
         raftaddr: args.raftaddr,
+        raft_advertise: args.raft_advertise,
         adminrpcaddr: args.adminrpcaddr,
         // A bare `-l` is the only way to say "leader" on the command line; its absence must not
         // override a `leader: true` from the YAML file.

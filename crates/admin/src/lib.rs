@@ -81,6 +81,10 @@ pub struct AdminConfig {
     /// Most partition moves started at once (`--max-concurrent-moves`, default
     /// [`mover::DEFAULT_MAX_CONCURRENT_MOVES`]).
     pub max_concurrent_moves: usize,
+    /// How long an aborted move (and, if its target was down, every move to that target) waits
+    /// before it is tried again (`--move-retry-backoff-ms`, default
+    /// [`mover::DEFAULT_MOVE_RETRY_BACKOFF_MS`]).
+    pub move_retry_backoff_ms: u64,
 }
 
 /// Why the admin could not start or stopped with an error.
@@ -136,6 +140,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
         backup_path,
         partitions,
         max_concurrent_moves,
+        move_retry_backoff_ms,
     } = config;
     let path = backup_path.clone();
     let meta = tokio::task::spawn_blocking(move || meta::MetaStore::open(&path, partitions))
@@ -173,6 +178,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     let mover = tokio::spawn(mover::run(
         Arc::clone(&state),
         max_concurrent_moves,
+        std::time::Duration::from_millis(move_retry_backoff_ms),
         stop.clone(),
     ));
     let grpc_server = {
@@ -250,6 +256,7 @@ mod tests {
             backup_path: dir.path().to_path_buf(),
             partitions: Some(16),
             max_concurrent_moves: mover::DEFAULT_MAX_CONCURRENT_MOVES,
+            move_retry_backoff_ms: mover::DEFAULT_MOVE_RETRY_BACKOFF_MS,
         };
         let err = run(config.clone(), CancellationToken::new())
             .await

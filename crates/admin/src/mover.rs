@@ -8,8 +8,12 @@
 //! - **Forward only after ACTIVATE.** Before ACTIVATE was ever sent, a move whose target stays
 //!   leaderless or unreachable for more than [`TARGET_DOWN_ABORT_MS`] (or whose step is refused
 //!   by a node) is aborted: RESTORE at the source, best-effort ABANDON at the target, drop the
-//!   record, retry that partition after [`MOVE_RETRY_BACKOFF_MS`]. Once ACTIVATE may have been
-//!   sent the target may have served writes, so the move only goes forward (retrying).
+//!   record, retry that partition after the retry backoff ([`DEFAULT_MOVE_RETRY_BACKOFF_MS`]).
+//!   An abort because the target was down backs off every move *to that target*, not only that
+//!   partition: otherwise the mover would freeze the source's next partitions one batch after
+//!   another, each refusing writes for [`TARGET_DOWN_ABORT_MS`] until it aborts in turn. Once
+//!   ACTIVATE may have been sent the target may have served writes, so the move only goes
+//!   forward (retrying).
 //! - **Transient failures are retried.** A transport error, no leader or an OUTCOME_UNKNOWN
 //!   answer repeats the same step (idempotent) with a backoff.
 //! - **Bounded.** At most `max_concurrent_moves` moves are started at once (moves resumed after a
@@ -53,8 +57,9 @@ pub const INGEST_MAX_BYTES: usize = 2 * 1024 * 1024;
 /// A move whose target has had no reachable leader this long, before ACTIVATE, is aborted.
 pub const TARGET_DOWN_ABORT_MS: u64 = 10_000;
 
-/// After an abort, the same partition is not tried again for this long.
-pub const MOVE_RETRY_BACKOFF_MS: u64 = 30_000;
+/// Default of `--move-retry-backoff-ms`: after an abort, the same partition (and, when the
+/// target was down, every move to that target) is not tried again for this long.
+pub const DEFAULT_MOVE_RETRY_BACKOFF_MS: u64 = 30_000;
 
 /// Pause between attempts of one step: starts here, doubles up to [`STEP_RETRY_MAX_MS`].
 const STEP_RETRY_MIN_MS: u64 = 50;
@@ -111,7 +116,12 @@ impl Mover {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MoveEnd {
     Finished,
-    Aborted,
+    /// Aborted before ACTIVATE; `target_down` names the target when the abort was because it
+    /// had no reachable leader (as seen by this task: an abort resumed after an admin restart
+    /// does not know why it began).
+    Aborted {
+        target_down: Option<ClusterId>,
+    },
     /// The record disappeared under the task (a forced removal settled it).
     Gone,
     Stopped,
@@ -125,13 +135,21 @@ fn now_ms() -> u64 {
 }
 
 /// Runs the mover until `shutdown` is cancelled: resumes every persisted move, starts planned
-/// ones up to `max_concurrent_moves` at a time.
-pub async fn run(state: SharedState, max_concurrent_moves: usize, shutdown: CancellationToken) {
+/// ones up to `max_concurrent_moves` at a time; an aborted move is not retried for
+/// `retry_backoff`.
+pub async fn run(
+    state: SharedState,
+    max_concurrent_moves: usize,
+    retry_backoff: Duration,
+    shutdown: CancellationToken,
+) {
     let max = max_concurrent_moves.max(1);
     let mut running: JoinSet<(PartitionId, MoveEnd)> = JoinSet::new();
     let mut tasks: BTreeMap<tokio::task::Id, PartitionId> = BTreeMap::new();
     let mut active: BTreeSet<PartitionId> = BTreeSet::new();
     let mut retry_after: BTreeMap<PartitionId, Instant> = BTreeMap::new();
+    // Targets found down: no move to them starts before the instant.
+    let mut target_retry_after: BTreeMap<ClusterId, Instant> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(MOVER_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -145,11 +163,13 @@ pub async fn run(state: SharedState, max_concurrent_moves: usize, shutdown: Canc
         }
         let now = Instant::now();
         retry_after.retain(|_, t| *t > now);
+        target_retry_after.retain(|_, t| *t > now);
         if meta.has_data && active.len() < max {
             let epoch = meta.assignment_epoch;
             let candidates: Vec<_> = plan_moves(&meta)
                 .into_iter()
                 .filter(|m| !retry_after.contains_key(&m.partition))
+                .filter(|m| !target_retry_after.contains_key(&m.target))
                 .filter(|m| {
                     state.placement.confirmed(m.source, epoch)
                         && state.placement.confirmed(m.target, epoch)
@@ -203,8 +223,18 @@ pub async fn run(state: SharedState, max_concurrent_moves: usize, shutdown: Canc
                 if let Some(p) = tasks.remove(&id) {
                     active.remove(&p);
                     state.mover.clear_progress(p);
-                    if end == MoveEnd::Aborted {
-                        retry_after.insert(p, Instant::now() + Duration::from_millis(MOVE_RETRY_BACKOFF_MS));
+                    if let MoveEnd::Aborted { target_down } = end {
+                        let until = Instant::now() + retry_backoff;
+                        retry_after.insert(p, until);
+                        if let Some(target) = target_down {
+                            let backoff_ms = retry_backoff.as_millis();
+                            tracing::warn!(
+                                target,
+                                backoff_ms,
+                                "target cluster down: no move to it starts before the backoff ends"
+                            );
+                            target_retry_after.insert(target, until);
+                        }
                     }
                 }
             }
@@ -227,6 +257,15 @@ enum StepFail {
     Meta(String),
 }
 
+impl StepFail {
+    fn why(self) -> String {
+        match self {
+            Self::Changed => "the move record changed".to_owned(),
+            Self::Refused(why) | Self::TargetDown(why) | Self::Meta(why) => why,
+        }
+    }
+}
+
 /// Drives the move of `partition` from its persisted step to its end.
 async fn drive(
     state: SharedState,
@@ -241,6 +280,8 @@ async fn drive(
 }
 
 async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
+    // Set when this task began an abort because the target was down.
+    let mut target_down = None;
     loop {
         let meta = state.meta.current();
         let Some(record) = meta.moves.get(&p).cloned() else {
@@ -384,7 +425,7 @@ async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
                         match execute(state, MetaCommand::AbortMove { partition: p }).await {
                             Ok(()) => {
                                 report_end(p, &record, "aborted");
-                                return MoveEnd::Aborted;
+                                return MoveEnd::Aborted { target_down };
                             }
                             Err(e) => Err(e),
                         }
@@ -399,9 +440,13 @@ async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
                 // Let whatever changed the record settle before re-reading it.
                 tokio::time::sleep(Duration::from_millis(STEP_RETRY_MIN_MS)).await;
             }
-            Err(StepFail::Refused(why) | StepFail::TargetDown(why))
+            Err(fail @ (StepFail::Refused(_) | StepFail::TargetDown(_)))
                 if !record.step.past_activate() && record.step != MoveStep::Aborting =>
             {
+                if matches!(fail, StepFail::TargetDown(_)) {
+                    target_down = Some(t);
+                }
+                let why = fail.why();
                 tracing::warn!(
                     partition = p,
                     source = s,
@@ -1125,7 +1170,12 @@ mod tests {
             .unwrap();
         start(&s).await;
         let epoch = s.state.meta.current().table.epoch;
-        assert_eq!(drive_steps(&s.state, 3).await, MoveEnd::Aborted);
+        assert_eq!(
+            drive_steps(&s.state, 3).await,
+            MoveEnd::Aborted {
+                target_down: Some(2)
+            }
+        );
         let meta = s.state.meta.current();
         assert!(meta.moves.is_empty());
         assert_eq!(meta.table.owner(3), Some(1));
@@ -1138,6 +1188,57 @@ mod tests {
         s.stop.cancel();
     }
 
+    /// An abort because the target was down backs off every move to that target, not only the
+    /// aborted partition: the source's next partitions are not frozen one after another, each
+    /// refusing writes until it aborts in turn.
+    #[tokio::test]
+    async fn target_down_abort_backs_off_every_move_to_that_target() {
+        let s = setup(5).await;
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        s.state
+            .meta
+            .execute(MetaCommand::RegisterReplica {
+                token: 2,
+                raft_addr: dead.clone(),
+                grpc_addr: dead,
+                new_cluster: true,
+            })
+            .await
+            .unwrap();
+        assert!(plan_moves(&s.state.meta.current()).len() > 1);
+        let epoch = s.state.meta.current().assignment_epoch;
+        s.state.placement.set_confirmed(1, epoch);
+        s.state.placement.set_confirmed(2, epoch);
+        let task = tokio::spawn(run(
+            SharedState::clone(&s.state),
+            1,
+            Duration::from_secs(600),
+            s.stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_millis(TARGET_DOWN_ABORT_MS + 10_000);
+        while !ops(&s.source).iter().any(|o| o.starts_with("Restore")) {
+            assert!(Instant::now() < deadline, "the first move never aborted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Time for several mover passes: none may start a move to the down target.
+        tokio::time::sleep(Duration::from_millis(3 * MOVER_INTERVAL_MS / 2)).await;
+        assert!(s.state.meta.current().moves.is_empty());
+        let freezes = ops(&s.source)
+            .iter()
+            .filter(|o| o.starts_with("Freeze"))
+            .count();
+        assert_eq!(
+            freezes, 1,
+            "one partition frozen, then the target backed off"
+        );
+        s.stop.cancel();
+        task.await.unwrap();
+    }
+
     /// The mover task itself starts planned moves once both clusters confirmed the assignment,
     /// never more than its concurrency at once, and moves every planned partition to cluster 2.
     #[tokio::test]
@@ -1146,7 +1247,12 @@ mod tests {
         let epoch = s.state.meta.current().assignment_epoch;
         let planned = plan_moves(&s.state.meta.current());
         assert!(!planned.is_empty());
-        let task = tokio::spawn(run(SharedState::clone(&s.state), 2, s.stop.clone()));
+        let task = tokio::spawn(run(
+            SharedState::clone(&s.state),
+            2,
+            Duration::from_millis(DEFAULT_MOVE_RETRY_BACKOFF_MS),
+            s.stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             s.state.meta.current().moves.is_empty(),

@@ -169,7 +169,7 @@ impl Router {
     pub async fn get(&self, key: &[u8], stale: bool) -> Result<Option<Record>, RouteError> {
         let op = Op::Get {
             key: key.to_vec(),
-            stale,
+            stale: stale || fault::follower_reads(),
         };
         match self.route(op).await? {
             Reply::Get(record) => Ok(record),
@@ -226,6 +226,10 @@ impl Router {
             drop(meta);
 
             let mut queue = initial_order(&replicas, state.pool.leader(cluster));
+            if fault::follower_reads() && op.is_stale_read() {
+                // The injected fault: followers first, so reads really come from lagging state.
+                queue.rotate_left(1);
+            }
             let mut tried: Vec<NodeId> = Vec::with_capacity(replicas.len());
             let mut moving = false;
             while let Some(node) = queue.first().copied() {
@@ -598,5 +602,40 @@ mod tests {
         ));
         let reset = tonic::Status::unavailable("connection reset by peer");
         assert!(!never_sent(&reset));
+    }
+}
+
+/// Test-only fault injection, compiled in only with the `fault-injection` cargo feature (which
+/// the workspace enables for its own test builds, never for `cargo build` or `cargo install`).
+///
+/// With `RAVEL_FAULT_FOLLOWER_READS=1` in the admin's environment, linearizable reads are sent as
+/// stale reads, followers first: they are answered from a replica's local state without the
+/// read-index barrier. This deliberately breaks the linearizability promise, so that the fault
+/// suite can prove it notices.
+pub mod fault {
+    /// The environment variable that turns the fault on.
+    pub const FOLLOWER_READS_ENV: &str = "RAVEL_FAULT_FOLLOWER_READS";
+
+    /// Whether linearizable reads are being served from followers' local state.
+    #[cfg(feature = "fault-injection")]
+    pub fn follower_reads() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            let on = std::env::var(FOLLOWER_READS_ENV).is_ok_and(|v| v == "1");
+            if on {
+                tracing::warn!(
+                    "FAULT INJECTION: {FOLLOWER_READS_ENV}=1, linearizable reads are served from \
+                     followers' local state; this admin is deliberately NOT linearizable"
+                );
+            }
+            on
+        })
+    }
+
+    /// Whether linearizable reads are being served from followers' local state: never in this
+    /// build.
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn follower_reads() -> bool {
+        false
     }
 }

@@ -19,6 +19,9 @@ pub struct PartialNodeConfig {
     pub storagedir: Option<PathBuf>,
     pub grpcaddr: Option<String>,
     pub raftaddr: Option<String>,
+    /// YAML key `raft-advertise`, the long flag's name (`raft_advertise` also accepted).
+    #[serde(rename = "raft-advertise", alias = "raft_advertise")]
+    pub raft_advertise: Option<String>,
     pub adminrpcaddr: Option<String>,
     pub leader: Option<bool>,
     /// YAML key `snapshot-threshold`, the long flag's name (`snapshot_threshold` also accepted).
@@ -33,6 +36,7 @@ impl PartialNodeConfig {
             storagedir: over.storagedir.or(self.storagedir),
             grpcaddr: over.grpcaddr.or(self.grpcaddr),
             raftaddr: over.raftaddr.or(self.raftaddr),
+            raft_advertise: over.raft_advertise.or(self.raft_advertise),
             adminrpcaddr: over.adminrpcaddr.or(self.adminrpcaddr),
             leader: over.leader.or(self.leader),
             snapshot_threshold: over.snapshot_threshold.or(self.snapshot_threshold),
@@ -45,7 +49,12 @@ impl PartialNodeConfig {
 pub struct NodeConfig {
     pub storagedir: PathBuf,
     pub grpcaddr: String,
+    /// Where the Raft transport listens.
     pub raftaddr: String,
+    /// The Raft address this replica registers and joins with: what its peers dial. It differs
+    /// from `raftaddr` when peers reach the replica through something in between (a NAT, a load
+    /// balancer, a test's fault-injecting proxy); by default it is `raftaddr`.
+    pub raft_advertise: String,
     pub adminrpcaddr: String,
     pub leader: bool,
     pub snapshot_threshold: u64,
@@ -60,12 +69,14 @@ impl NodeConfig {
             None => PartialNodeConfig::default(),
         };
         let merged = file.overridden_by(flags);
+        let raftaddr = merged.raftaddr.ok_or_else(|| missing("raftaddr", 'r'))?;
         let config = NodeConfig {
             storagedir: merged
                 .storagedir
                 .ok_or_else(|| missing("storagedir", 's'))?,
             grpcaddr: merged.grpcaddr.ok_or_else(|| missing("grpcaddr", 'g'))?,
-            raftaddr: merged.raftaddr.ok_or_else(|| missing("raftaddr", 'r'))?,
+            raft_advertise: merged.raft_advertise.unwrap_or_else(|| raftaddr.clone()),
+            raftaddr,
             adminrpcaddr: merged
                 .adminrpcaddr
                 .ok_or_else(|| missing("adminrpcaddr", 'a'))?,
@@ -81,6 +92,7 @@ impl NodeConfig {
     fn validate(&self) -> Result<(), NodeError> {
         check_addr("grpcaddr", &self.grpcaddr)?;
         check_addr("raftaddr", &self.raftaddr)?;
+        check_addr("raft-advertise", &self.raft_advertise)?;
         check_addr("adminrpcaddr", &self.adminrpcaddr)?;
         if self.grpcaddr == self.raftaddr {
             return Err(NodeError::Config(format!(
@@ -159,6 +171,7 @@ mod tests {
                 storagedir: "/tmp/n1".into(),
                 grpcaddr: "127.0.0.1:7001".into(),
                 raftaddr: "127.0.0.1:8001".into(),
+                raft_advertise: "127.0.0.1:8001".into(),
                 adminrpcaddr: "127.0.0.1:6000".into(),
                 leader: true,
                 snapshot_threshold: 77,
@@ -223,5 +236,35 @@ mod tests {
         };
         let err = NodeConfig::resolve(None, flags).unwrap_err();
         assert!(err.to_string().contains("--grpcaddr"), "{err}");
+    }
+
+    /// `raft-advertise` defaults to `raftaddr`; when set (file or flag, the flag winning) it is
+    /// kept apart from the listen address, and a malformed one is refused.
+    #[test]
+    fn raft_advertise_defaults_to_raftaddr_and_can_differ() {
+        let f = yaml_file(FULL);
+        let c = NodeConfig::resolve(Some(f.path()), PartialNodeConfig::default()).unwrap();
+        assert_eq!(c.raft_advertise, "127.0.0.1:8001");
+
+        let with_key = format!("{FULL}raft-advertise: 127.0.0.1:9001\n");
+        let f = yaml_file(&with_key);
+        let c = NodeConfig::resolve(Some(f.path()), PartialNodeConfig::default()).unwrap();
+        assert_eq!(c.raftaddr, "127.0.0.1:8001");
+        assert_eq!(c.raft_advertise, "127.0.0.1:9001");
+
+        let flags = PartialNodeConfig {
+            raft_advertise: Some("proxy.local:9100".into()),
+            ..PartialNodeConfig::default()
+        };
+        let c = NodeConfig::resolve(Some(f.path()), flags).unwrap();
+        assert_eq!(c.raftaddr, "127.0.0.1:8001");
+        assert_eq!(c.raft_advertise, "proxy.local:9100");
+
+        let flags = PartialNodeConfig {
+            raft_advertise: Some("9100".into()),
+            ..PartialNodeConfig::default()
+        };
+        let err = NodeConfig::resolve(Some(f.path()), flags).unwrap_err();
+        assert!(err.to_string().contains("--raft-advertise"), "{err}");
     }
 }

@@ -6,7 +6,8 @@
 //! 2. open the storage and start openraft, initializing a new group if this replica bootstraps
 //!    its cluster;
 //! 3. serve the Raft transport on `--raftaddr` and the `Data` + `Control` services on
-//!    `--grpcaddr`;
+//!    `--grpcaddr` (peers are told to reach the Raft transport at `--raft-advertise`, which
+//!    defaults to `--raftaddr`);
 //! 4. report leadership to the admin and, for a new member, join the cluster until it is a voter;
 //! 5. on shutdown stop the servers, Raft and the storage, in that order.
 //!
@@ -121,7 +122,8 @@ async fn run_replica(
         cluster_id: identity.cluster_id,
         raft: raft.clone(),
         reader: storage.reader(),
-        raft_addr: config.raftaddr.clone(),
+        // What peers dial, reported in `Status` and sent when joining.
+        raft_addr: config.raft_advertise.clone(),
         grpc_addr: config.grpcaddr.clone(),
     });
     // Not a child of `shutdown`: the servers stop when `wait_for_stop` says so, after it has
@@ -135,7 +137,12 @@ async fn run_replica(
         }
     };
     identity::write_pid(&config.storagedir)?;
-    tracing::info!(raft = %config.raftaddr, grpc = %config.grpcaddr, "replica serving");
+    tracing::info!(
+        raft = %config.raftaddr,
+        raft_advertise = %config.raft_advertise,
+        grpc = %config.grpcaddr,
+        "replica serving"
+    );
     let admin = membership::admin_client(&config.adminrpcaddr)?;
     // The background tasks get their own token so that they also stop when a server fails.
     let tasks_stop = shutdown.child_token();

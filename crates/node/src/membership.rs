@@ -113,6 +113,8 @@ fn retryable(status: &tonic::Status) -> bool {
 }
 
 /// Registers this (new) storage directory with the admin and persists the identity it gets.
+/// The Raft address registered is the advertised one (`--raft-advertise`): it is what the
+/// cluster membership records and what peers dial.
 ///
 /// The token is made durable first, so that a crash between the admin's answer and the write of
 /// `node.json` re-registers as the same replica instead of leaking one.
@@ -127,7 +129,7 @@ pub(crate) async fn register(
     loop {
         let request = RegisterRequest {
             token,
-            raft_addr: config.raftaddr.clone(),
+            raft_addr: config.raft_advertise.clone(),
             grpc_addr: config.grpcaddr.clone(),
             new_cluster: config.leader,
         };
@@ -142,7 +144,7 @@ pub(crate) async fn register(
                     node_id: reply.node_id,
                     cluster_id: reply.cluster_id,
                     bootstrap: reply.bootstrap,
-                    raft_addr: config.raftaddr.clone(),
+                    raft_addr: config.raft_advertise.clone(),
                     grpc_addr: config.grpcaddr.clone(),
                     admin_addr: config.adminrpcaddr.clone(),
                 };
@@ -376,13 +378,13 @@ pub(crate) fn refresh_identity(
     identity: Identity,
     config: &NodeConfig,
 ) -> Result<Identity, NodeError> {
-    if identity.raft_addr != config.raftaddr || identity.grpc_addr != config.grpcaddr {
+    if identity.raft_addr != config.raft_advertise || identity.grpc_addr != config.grpcaddr {
         tracing::warn!(
-            "this replica was registered with raft {} / grpc {} but now runs on {} / {}; the \
+            "this replica was registered with raft {} / grpc {} but now advertises {} / {}; the \
              cluster membership keeps the registered addresses",
             identity.raft_addr,
             identity.grpc_addr,
-            config.raftaddr,
+            config.raft_advertise,
             config.grpcaddr
         );
     }

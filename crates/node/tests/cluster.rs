@@ -157,13 +157,17 @@ async fn start_admin() -> (FakeAdmin, String) {
 fn node_configs(dirs: &[tempfile::TempDir], admin_addr: &str) -> Vec<NodeConfig> {
     dirs.iter()
         .enumerate()
-        .map(|(i, d)| NodeConfig {
-            storagedir: PathBuf::from(d.path()).join("node"),
-            grpcaddr: free_addr(),
-            raftaddr: free_addr(),
-            adminrpcaddr: admin_addr.to_owned(),
-            leader: i == 0,
-            snapshot_threshold: 50,
+        .map(|(i, d)| {
+            let raftaddr = free_addr();
+            NodeConfig {
+                storagedir: PathBuf::from(d.path()).join("node"),
+                grpcaddr: free_addr(),
+                raft_advertise: raftaddr.clone(),
+                raftaddr,
+                adminrpcaddr: admin_addr.to_owned(),
+                leader: i == 0,
+                snapshot_threshold: 50,
+            }
         })
         .collect()
 }

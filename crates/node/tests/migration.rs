@@ -163,10 +163,12 @@ fn channel(addr: &str) -> Channel {
 
 /// Starts a replica that creates its own cluster, and waits until it leads it.
 async fn start_leader(dir: &tempfile::TempDir, admin_addr: &str) -> Node {
+    let raftaddr = free_addr();
     let config = NodeConfig {
         storagedir: PathBuf::from(dir.path()).join("node"),
         grpcaddr: free_addr(),
-        raftaddr: free_addr(),
+        raft_advertise: raftaddr.clone(),
+        raftaddr,
         adminrpcaddr: admin_addr.to_owned(),
         leader: true,
         snapshot_threshold: 1_000,

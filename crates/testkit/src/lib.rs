@@ -13,6 +13,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -24,6 +25,8 @@ use ravel_proto::v1::{StatusReply, StatusRequest};
 use serde_json::Value;
 
 pub mod history;
+pub mod linearizability;
+pub mod proxy;
 pub mod workload;
 
 /// How long to wait for a process to become ready before a test gives up.
@@ -124,7 +127,11 @@ pub struct NodeSpec {
     pub name: String,
     pub dir: PathBuf,
     pub grpc_addr: String,
+    /// Where the replica's Raft transport listens.
     pub raft_addr: String,
+    /// With [`TestCluster::with_raft_proxies`]: the address of the replica's proxy, which it
+    /// advertises (`--raft-advertise`) so that every peer reaches it through the proxy.
+    pub raft_advertise: Option<String>,
     pub leader_flag: bool,
 }
 
@@ -138,6 +145,12 @@ pub struct TestCluster {
     admin: Option<Proc>,
     nodes: BTreeMap<String, (NodeSpec, Proc)>,
     extra_node_args: Vec<String>,
+    /// Whether new replicas are put behind a Raft proxy.
+    raft_proxies: bool,
+    proxies: BTreeMap<String, proxy::Proxy>,
+    /// The pid of each running replica, for the proxies' source classifier.
+    node_pids: Arc<Mutex<BTreeMap<String, u32>>>,
+    extra_admin_args: Vec<String>,
     http: reqwest::Client,
     /// Set by [`TestCluster::finish`]: only then are the logs deleted on drop. A test that fails
     /// by panicking or by returning an error keeps them.
@@ -175,6 +188,10 @@ impl TestCluster {
             admin: None,
             nodes: BTreeMap::new(),
             extra_node_args: Vec::new(),
+            raft_proxies: false,
+            proxies: BTreeMap::new(),
+            node_pids: Arc::new(Mutex::new(BTreeMap::new())),
+            extra_admin_args: Vec::new(),
             http,
             finished: false,
         })
@@ -185,6 +202,81 @@ impl TestCluster {
     pub fn with_node_args(mut self, args: &[&str]) -> Self {
         self.extra_node_args = args.iter().map(|s| (*s).to_string()).collect();
         self
+    }
+
+    /// Extra flags given to the admin when it is first started (kept on restarts), e.g. a short
+    /// `--move-retry-backoff-ms`.
+    pub fn with_admin_args(mut self, args: &[&str]) -> Self {
+        self.extra_admin_args = args.iter().map(|s| (*s).to_string()).collect();
+        self
+    }
+
+    /// Puts every replica started after this call behind its own fault-injecting Raft proxy:
+    /// the replica listens on its raft port, a [`proxy::Proxy`] listens on another port and
+    /// forwards to it, and the replica advertises the proxy's address (`--raft-advertise`). So
+    /// every inbound Raft connection of a replica, from every peer, goes through its proxy, and
+    /// its outbound ones through the peers' proxies. The proxies name each connection's source
+    /// replica (by the process that opened it), so [`proxy::Proxy::set_mode_from`] can cut one
+    /// link. Control them with [`TestCluster::proxy`]. Needs a tokio runtime when replicas start.
+    pub fn with_raft_proxies(mut self) -> Self {
+        self.raft_proxies = true;
+        self
+    }
+
+    /// The Raft proxy in front of replica `name` (see [`TestCluster::with_raft_proxies`]).
+    pub fn proxy(&self, name: &str) -> &proxy::Proxy {
+        self.proxies
+            .get(name)
+            .unwrap_or_else(|| panic!("replica {name} has no Raft proxy"))
+    }
+
+    /// Cuts replica `name` off from every peer, both ways: its own proxy forwards nothing (no
+    /// peer reaches it) and every other proxy forwards nothing on connections `name` opened
+    /// (it reaches no peer). Peers still reach each other. The admin is not cut off: it talks to
+    /// replicas on their gRPC ports, which are not proxied.
+    pub fn isolate_node(&self, name: &str) {
+        for (other, proxy) in &self.proxies {
+            if other == name {
+                proxy.blackhole();
+            } else {
+                proxy.set_mode_from(name, proxy::Mode::Blackhole);
+            }
+        }
+    }
+
+    /// Every proxy back to passing everything, per-source modes forgotten.
+    pub fn heal_network(&self) {
+        for proxy in self.proxies.values() {
+            proxy.heal();
+        }
+    }
+
+    /// The source classifier of the Raft proxies: the name of the replica whose process opened
+    /// the connection.
+    fn replica_classifier(&self) -> proxy::SourceClassifier {
+        let pids = Arc::clone(&self.node_pids);
+        Arc::new(move |client, server| {
+            let known: Vec<(String, u32)> = pids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|(n, p)| (n.clone(), *p))
+                .collect();
+            let candidates: Vec<u32> = known.iter().map(|(_, p)| *p).collect();
+            let pid = proxy::connecting_pid(client, server, &candidates)?;
+            known.into_iter().find(|(_, p)| *p == pid).map(|(n, _)| n)
+        })
+    }
+
+    fn record_pid(&self, name: &str, pid: Option<u32>) {
+        let mut pids = self
+            .node_pids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pid {
+            Some(pid) => _ = pids.insert(name.to_owned(), pid),
+            None => _ = pids.remove(name),
+        }
     }
 
     /// Marks the test as passed: its data and logs are deleted when the cluster is dropped.
@@ -205,7 +297,7 @@ impl TestCluster {
     /// Starts the admin (or restarts it with the same command line) and waits for `/livez`.
     pub async fn start_admin(&mut self) -> Result<()> {
         if self.admin.is_none() {
-            let args = vec![
+            let mut args = vec![
                 "start".into(),
                 "--http".into(),
                 self.http_addr.clone(),
@@ -214,6 +306,7 @@ impl TestCluster {
                 "--backupPath".into(),
                 self.root.join("admin").display().to_string(),
             ];
+            args.extend(self.extra_admin_args.iter().cloned());
             self.admin = Some(Proc {
                 program: self.admin_bin.clone(),
                 args,
@@ -243,11 +336,26 @@ impl TestCluster {
     /// Does not wait: use [`TestCluster::wait_ready`] or the `wait_*` helpers.
     pub fn start_node(&mut self, name: &str, leader: bool) -> Result<()> {
         if !self.nodes.contains_key(name) {
+            let raft_addr = format!("127.0.0.1:{}", free_port());
+            let raft_advertise = if self.raft_proxies {
+                let proxy = proxy::Proxy::start_with_classifier(
+                    "127.0.0.1:0",
+                    &raft_addr,
+                    Some(self.replica_classifier()),
+                )
+                .with_context(|| format!("starting the Raft proxy of {name}"))?;
+                let addr = proxy.listen_addr().to_string();
+                self.proxies.insert(name.to_owned(), proxy);
+                Some(addr)
+            } else {
+                None
+            };
             let spec = NodeSpec {
                 name: name.into(),
                 dir: self.root.join(name),
                 grpc_addr: format!("127.0.0.1:{}", free_port()),
-                raft_addr: format!("127.0.0.1:{}", free_port()),
+                raft_addr,
+                raft_advertise,
                 leader_flag: leader,
             };
             let mut args = vec![
@@ -261,6 +369,10 @@ impl TestCluster {
                 "-a".into(),
                 self.admin_grpc_addr.clone(),
             ];
+            if let Some(advertise) = &spec.raft_advertise {
+                args.push("--raft-advertise".into());
+                args.push(advertise.clone());
+            }
             if leader {
                 args.push("-l".into());
             }
@@ -277,7 +389,10 @@ impl TestCluster {
         if proc.is_running() {
             bail!("node {name} is already running");
         }
-        proc.spawn()
+        proc.spawn()?;
+        let pid = proc.child.as_ref().map(Child::id);
+        self.record_pid(name, pid);
+        Ok(())
     }
 
     /// The replica's fixed spec (dir and addresses).
@@ -300,6 +415,7 @@ impl TestCluster {
         if let Some((_, p)) = self.nodes.get_mut(name) {
             p.kill9();
         }
+        self.record_pid(name, None);
     }
 
     /// Graceful stop (SIGTERM) of replica `name`.
@@ -379,6 +495,8 @@ impl TestCluster {
         if let Some((_, mut p)) = self.nodes.remove(name) {
             p.kill9();
         }
+        self.record_pid(name, None);
+        self.proxies.remove(name);
     }
 
     /// Waits until the admin's `/readyz` answers 200.

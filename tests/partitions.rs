@@ -1,0 +1,279 @@
+//! End-to-end network and pause faults on the real binaries: a cluster of three replicas, each
+//! behind its own fault-injecting Raft proxy (`TestCluster::with_raft_proxies`), under the
+//! single-writer read/write workload whose history is checked afterwards.
+//!
+//! How a leader is cut off both ways: every replica advertises its proxy's address, so every
+//! Raft connection *to* a replica goes through that replica's proxy, and every connection *from*
+//! it goes through a peer's proxy. Blackholing the leader's own proxy alone is not enough: in Raft
+//! the leader opens the connections (AppendEntries to followers), so its heartbeats would still
+//! reach the followers through *their* proxies and nobody would start an election. Blackholing
+//! the followers' proxies would also cut the followers from each other. So the proxies name the
+//! source of each connection (the replica process that opened it) and `isolate_node` blackholes
+//! the leader's own proxy (no peer reaches it) plus, on every other proxy, only the connections
+//! the leader opened (it reaches no peer); the two followers still reach each other. Held
+//! connections stall as TCP does under packet loss, and deliver late after the heal.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use ravel_core::limits::DEFAULT_PARTITIONS;
+use ravel_proto::v1::GetRequest;
+use ravel_testkit::workload::{Workload, WorkloadConfig, read_finals};
+use ravel_testkit::{TestCluster, wait_until};
+use serde_json::json;
+
+/// The tests share two cores: one cluster at a time keeps their timings meaningful.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long after the fault writes through the admin must succeed again.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the fault lasts once writes have recovered (the workload keeps running).
+const FAULT_HOLD: Duration = Duration::from_secs(3);
+/// How long the old leader has to catch up after the heal.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(20);
+const REPLICAS: usize = 3;
+
+/// The fault applied to the leader.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Cut off both ways through the proxies.
+    Isolate,
+    /// SIGSTOP: a paused "zombie" leader that resumes later still believing it leads.
+    Pause,
+}
+
+/// A leader cut off from both followers (both ways) is replaced by one of them; writes through
+/// the admin succeed again within a deadline; after the heal the old leader rejoins as a
+/// follower and catches up; the history has no violation and every key reads back its last
+/// acknowledged (or a later unknown) value, the same on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolated_leader_is_replaced_and_nothing_is_lost() {
+    run_scenario("partition_isolated_leader", Fault::Isolate, 41).await;
+}
+
+/// A leader paused with SIGSTOP is replaced; writes succeed again within a deadline; resumed
+/// with SIGCONT it steps down to follower and catches up; the history has no violation and
+/// every key reads back, the same on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_leader_is_replaced_and_resumes_as_follower() {
+    run_scenario("partition_paused_leader", Fault::Pause, 42).await;
+}
+
+async fn run_scenario(test_name: &str, fault: Fault, seed: u64) {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tc = common::new_cluster(test_name)
+        .expect("test cluster")
+        .with_raft_proxies();
+    let config = WorkloadConfig {
+        keys: 200,
+        key_prefix: "pt-".into(),
+        writers: 4,
+        readers: 2,
+        op_pause: Duration::from_millis(5),
+        seed,
+        request_timeout: Duration::from_secs(15),
+    };
+    eprintln!("{test_name}: seed {seed}");
+    if let Err(e) = scenario(&mut tc, fault, &config).await {
+        // Panicking while `tc` is alive keeps the processes' logs.
+        for name in tc.node_names() {
+            tc.pause_node(&name, false);
+        }
+        panic!("{test_name} failed (seed {seed}): {e:#}");
+    }
+    tc.finish();
+}
+
+async fn scenario(tc: &mut TestCluster, fault: Fault, config: &WorkloadConfig) -> Result<()> {
+    common::start_clusters(tc, 1, REPLICAS).await?;
+    let names = common::members(tc, 1);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Every replica is known to its peers by its proxy's address.
+    for name in &names {
+        let status = tc.status(name).await?;
+        let advertised = tc.node(name).raft_advertise.clone();
+        ensure!(
+            Some(&status.raft_addr) == advertised.as_ref(),
+            "{name} advertises {} instead of its proxy {advertised:?}",
+            status.raft_addr
+        );
+    }
+
+    let workload = Workload::start(&tc.url(""), config)?;
+    workload.wait_loaded(Duration::from_secs(60)).await?;
+    let old_leader = tc.wait_leader(&refs).await?;
+    let old_term = tc.status(&old_leader).await?.term;
+    let others: Vec<&str> = refs.iter().copied().filter(|n| *n != old_leader).collect();
+    let answers_before = workload.answers().await;
+
+    match fault {
+        Fault::Isolate => tc.isolate_node(&old_leader),
+        Fault::Pause => tc.pause_node(&old_leader, true),
+    }
+    let faulted_at = Instant::now();
+
+    // A new leader among the other two, in a later term.
+    let new_leader = wait_new_leader(tc, &others, old_term).await?;
+    let elected_after = faulted_at.elapsed();
+    // Writes through the admin succeed again.
+    let mut probe = 0u64;
+    let recovered_after = loop {
+        probe += 1;
+        if let Ok((200, _)) = tc.put("probe", &json!(probe)).await {
+            break faulted_at.elapsed();
+        }
+        if faulted_at.elapsed() > RECOVERY_DEADLINE {
+            bail!("no write succeeded within {RECOVERY_DEADLINE:?} of the fault on {old_leader}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(FAULT_HOLD).await;
+    if let Fault::Isolate = fault {
+        // Nothing from the new term reached the cut-off leader.
+        let cut = tc.status(&old_leader).await?;
+        let new = tc.status(&new_leader).await?;
+        ensure!(
+            cut.term < new.term,
+            "the isolated {old_leader} heard of term {} (its own {}): the cut leaks",
+            new.term,
+            cut.term
+        );
+    }
+    let answers_during = workload.answers().await;
+
+    match fault {
+        Fault::Isolate => tc.heal_network(),
+        Fault::Pause => tc.pause_node(&old_leader, false),
+    }
+    let healed_at = Instant::now();
+    let target = tc.status(&new_leader).await?.last_applied_index;
+    wait_until(
+        "the old leader catches up as a follower",
+        CATCH_UP_DEADLINE,
+        || async {
+            tc.status(&old_leader).await.is_ok_and(|s| {
+                s.role == "follower" && s.term > old_term && s.last_applied_index >= target
+            })
+        },
+    )
+    .await?;
+    let caught_up_after = healed_at.elapsed();
+
+    // Liveness after the heal, then stop the load and judge the history.
+    let (status, body) = tc.put("after-heal", &json!("ok")).await?;
+    ensure!(
+        status == 200,
+        "a write after the heal failed: {status} {body}"
+    );
+    let history = workload.history();
+    let keys = workload.keys().to_vec();
+    let answers = workload.stop().await?;
+    let finals = read_finals(&tc.url(""), &keys, 8, 25).await?;
+    let report = history.check(&finals);
+    eprintln!(
+        "fault {fault:?} on {old_leader} (term {old_term}): new leader {new_leader} elected after \
+         {elected_after:?}, writes recovered after {recovered_after:?}; old leader caught up \
+         {caught_up_after:?} after the heal"
+    );
+    eprintln!("answers before the fault: {answers_before:?}");
+    eprintln!("answers until the heal: {answers_during:?}");
+    eprintln!("answers in all: {answers:?}");
+    eprintln!("history check: {}", report.summary(20));
+    ensure!(
+        report.is_ok(),
+        "the history has violations: {}",
+        report.summary(20)
+    );
+    ensure!(
+        finals.len() == keys.len(),
+        "{} of {} keys read back",
+        finals.len(),
+        keys.len()
+    );
+    ensure!(
+        report.writes_ok >= keys.len() && report.reads_checked > 0,
+        "the workload did too little to prove anything: {}",
+        report.summary(0)
+    );
+    same_data_on_every_replica(tc, &refs, &new_leader, &keys).await
+}
+
+/// Waits until one of `names` leads in a term after `old_term`; returns its name.
+async fn wait_new_leader(tc: &TestCluster, names: &[&str], old_term: u64) -> Result<String> {
+    let deadline = Instant::now() + RECOVERY_DEADLINE;
+    loop {
+        for name in names {
+            if let Ok(s) = tc.status(name).await
+                && s.role == "leader"
+                && s.term > old_term
+            {
+                return Ok((*name).to_owned());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no new leader among {names:?} within {RECOVERY_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every replica holds the same version and value of every key (read locally, `stale`), once
+/// all have applied what the leader had.
+async fn same_data_on_every_replica(
+    tc: &TestCluster,
+    names: &[&str],
+    leader: &str,
+    keys: &[String],
+) -> Result<()> {
+    let target = tc.status(leader).await?.last_applied_index;
+    for name in names {
+        wait_until(
+            &format!("{name} applies index {target}"),
+            CATCH_UP_DEADLINE,
+            || async {
+                tc.status(name)
+                    .await
+                    .is_ok_and(|s| s.last_applied_index >= target)
+            },
+        )
+        .await?;
+    }
+    let cluster_id = tc.status(leader).await?.cluster_id;
+    let mut reference: BTreeMap<String, (bool, u64, Vec<u8>)> = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut client = tc.data_client(name).await?;
+        for key in keys {
+            let req = GetRequest {
+                cluster_id,
+                partition: ravel_core::partition_of(key.as_bytes(), DEFAULT_PARTITIONS),
+                key: key.clone().into_bytes(),
+                stale: true,
+            };
+            let reply = client
+                .get(req)
+                .await
+                .with_context(|| format!("stale read of {key} on {name}"))?
+                .into_inner();
+            ensure!(
+                reply.error.is_none(),
+                "{name} refused a local read of {key}: {:?}",
+                reply.error
+            );
+            let here = (reply.found, reply.version, reply.value.to_vec());
+            if i == 0 {
+                reference.insert(key.clone(), here);
+            } else if reference.get(key) != Some(&here) {
+                bail!(
+                    "{key} differs: {} has {:?}, {name} has {here:?}",
+                    names[0],
+                    reference.get(key)
+                );
+            }
+        }
+    }
+    eprintln!("{} keys identical on {} replicas", keys.len(), names.len());
+    Ok(())
+}
