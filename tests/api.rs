@@ -15,7 +15,7 @@ async fn raw(
     body: &str,
     content_type: Option<&str>,
 ) -> Result<(u16, String)> {
-    let client = reqwest::Client::new();
+    let client = ravel_testkit::http_client(std::time::Duration::from_secs(30))?;
     let mut req = client.request(method, tc.url(path)).body(body.to_string());
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);

@@ -18,7 +18,6 @@ use crate::router::Router;
 use crate::{SharedState, cluster_view};
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -296,30 +295,59 @@ pub struct RawBody(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        // Refuse an announced oversize body without reading a byte of it.
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let announced = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > limits::MAX_BODY_BYTES as u64) {
-            return Err(ApiError::body_too_large());
-        }
-        // The router-wide `DefaultBodyLimit` makes the buffering stop at the limit.
-        let read = Bytes::from_request(req, state);
+        let announced_oversize = announced.is_some_and(|n| n > limits::MAX_BODY_BYTES as u64);
+        let read = read_body(req.into_body(), announced_oversize);
         match tokio::time::timeout(Duration::from_millis(BODY_READ_TIMEOUT_MS), read).await {
             Err(_) => Err(ApiError::request_timeout()),
-            Ok(Ok(bytes)) => Ok(Self(bytes)),
-            Ok(Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(
-                _,
-            )))) => Err(ApiError::body_too_large()),
-            Ok(Err(e)) => Err(ApiError::bad_request(
-                "malformed_body",
-                format!("could not read the request body: {}", e.body_text()),
-            )),
+            Ok(result) => result.map(Self),
         }
     }
+}
+
+/// After an oversized body is refused, up to this much more of it is still read and thrown
+/// away, so that a client still sending it gets to read the 413 instead of a reset connection
+/// (closing a socket with unread data makes the kernel send a reset). Past it the connection is
+/// simply closed.
+pub const OVERSIZE_DRAIN_BYTES: usize = 8 * 1024 * 1024;
+
+/// Buffers a body of at most [`limits::MAX_BODY_BYTES`]; an oversized one (announced or found
+/// while reading) is drained (bounded) and refused with 413 `body_too_large`.
+async fn read_body(body: Body, announced_oversize: bool) -> Result<Bytes, ApiError> {
+    use tokio_stream::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buffer = bytes::BytesMut::new();
+    let mut too_large = announced_oversize;
+    let mut drained = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(
+                "malformed_body",
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        if !too_large && buffer.len() + chunk.len() > limits::MAX_BODY_BYTES {
+            too_large = true;
+            buffer = bytes::BytesMut::new();
+        }
+        if too_large {
+            drained += chunk.len();
+            if drained > OVERSIZE_DRAIN_BYTES {
+                break;
+            }
+        } else {
+            buffer.extend_from_slice(&chunk);
+        }
+    }
+    if too_large {
+        return Err(ApiError::body_too_large());
+    }
+    Ok(buffer.freeze())
 }
 
 /// Deserializes a present field as `Some(raw)`, even when it is JSON `null` (a plain

@@ -24,6 +24,7 @@ use ravel_proto::v1::data_client::DataClient;
 use ravel_proto::v1::{StatusReply, StatusRequest};
 use serde_json::Value;
 
+pub mod chaos;
 pub mod history;
 pub mod linearizability;
 pub mod proxy;
@@ -175,10 +176,7 @@ impl TestCluster {
             "test cluster {test_name}: logs and data in {}",
             root.display()
         );
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build()?;
+        let http = http_client(Duration::from_secs(30))?;
         Ok(Self {
             root,
             admin_bin: admin_bin.into(),
@@ -606,6 +604,22 @@ impl Drop for TestCluster {
             eprintln!("test did not finish: logs kept in {}", self.root.display());
         }
     }
+}
+
+/// How long a test client keeps an idle pooled connection: well below the admin's header-read
+/// timeout (10 s), which also closes idle keep-alive connections. A client that reused a
+/// connection at the instant the server closed it would see a spurious transport error.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// The HTTP client every test and workload uses: `request_timeout` per request, a 2 s connect
+/// timeout, and pooled connections dropped before the server would close them.
+pub fn http_client(request_timeout: Duration) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(CLIENT_POOL_IDLE)
+        .pool_max_idle_per_host(64)
+        .build()?)
 }
 
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.

@@ -83,10 +83,7 @@ impl Workload {
         if config.keys == 0 || config.writers == 0 {
             bail!("a workload needs at least one key and one writer: {config:?}");
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .pool_max_idle_per_host(config.writers + config.readers)
-            .build()
+        let http = crate::http_client(config.request_timeout)
             .context("building the workload's HTTP client")?;
         let keys: Vec<String> = (0..config.keys)
             .map(|i| format!("{}{i}", config.key_prefix))
@@ -358,11 +355,7 @@ pub async fn read_finals(
     concurrency: usize,
     attempts: u32,
 ) -> Result<BTreeMap<String, Observed>> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .context("building the HTTP client")?;
+    let http = crate::http_client(Duration::from_secs(20)).context("building the HTTP client")?;
     let base_url = base_url.trim_end_matches('/').to_owned();
     let chunks: Vec<Vec<String>> = keys
         .chunks(keys.len().div_ceil(concurrency.max(1)).max(1))
