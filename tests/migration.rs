@@ -803,23 +803,7 @@ async fn verify(tc: &TestCluster, workload: Workload, cluster_numbers: &[usize])
     // The history, with each key's final value read back through the admin.
     let finals = read_finals(&tc.url(""), &keys, 16, 25).await?;
     let report = history.check(&finals);
-    eprintln!("history check: {}", report.summary(20));
-    ensure!(
-        report.is_ok(),
-        "the history has violations: {}",
-        report.summary(20)
-    );
-    ensure!(
-        finals.len() == keys.len(),
-        "{} of {} keys read back",
-        finals.len(),
-        keys.len()
-    );
-    ensure!(
-        report.writes_ok >= keys.len() && report.reads_checked > 0,
-        "the workload did too little to prove anything: {}",
-        report.summary(0)
-    );
+    common::ensure_history_proves(&report, finals.len(), keys.len())?;
 
     // Every key is stored by exactly one remaining cluster, the ring's owner, with its value.
     let leaders = leaders_by_cluster(tc, cluster_numbers).await?;

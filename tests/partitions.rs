@@ -181,23 +181,7 @@ async fn scenario(tc: &mut TestCluster, fault: Fault, config: &WorkloadConfig) -
     eprintln!("answers before the fault: {answers_before:?}");
     eprintln!("answers until the heal: {answers_during:?}");
     eprintln!("answers in all: {answers:?}");
-    eprintln!("history check: {}", report.summary(20));
-    ensure!(
-        report.is_ok(),
-        "the history has violations: {}",
-        report.summary(20)
-    );
-    ensure!(
-        finals.len() == keys.len(),
-        "{} of {} keys read back",
-        finals.len(),
-        keys.len()
-    );
-    ensure!(
-        report.writes_ok >= keys.len() && report.reads_checked > 0,
-        "the workload did too little to prove anything: {}",
-        report.summary(0)
-    );
+    common::ensure_history_proves(&report, finals.len(), keys.len())?;
     same_data_on_every_replica(tc, &refs, &new_leader, &keys).await
 }
 

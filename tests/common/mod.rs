@@ -79,3 +79,25 @@ pub fn members(tc: &TestCluster, c: usize) -> Vec<String> {
         .filter(|n| n.starts_with(&prefix))
         .collect()
 }
+
+/// Fails unless the single-writer history `report` has no violation, every one of the `keys`
+/// keys was read back (`read_back`), and the workload did enough to prove something.
+pub fn ensure_history_proves(
+    report: &ravel_testkit::history::CheckReport,
+    read_back: usize,
+    keys: usize,
+) -> Result<()> {
+    eprintln!("history check: {}", report.summary(20));
+    anyhow::ensure!(
+        report.is_ok(),
+        "the history has violations: {}",
+        report.summary(20)
+    );
+    anyhow::ensure!(read_back == keys, "{read_back} of {keys} keys read back");
+    anyhow::ensure!(
+        report.writes_ok >= keys && report.reads_checked > 0,
+        "the workload did too little to prove anything: {}",
+        report.summary(0)
+    );
+    Ok(())
+}
