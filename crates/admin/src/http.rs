@@ -881,6 +881,48 @@ mod tests {
 
     /// The real server answers over TCP, closes idle keep-alive connections only after its
     /// timeout, and stops when the shutdown token is cancelled.
+    /// A client that sends an oversized body whole gets its 413 and can go on using the same
+    /// connection: the refused body is drained (bounded), not left unread behind a reset.
+    #[tokio::test]
+    async fn oversized_body_is_drained_and_the_connection_stays_usable() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let server = tokio::spawn(serve_http(listener, test_state(dir.path()), token.clone()));
+        let (mut reader, mut writer) = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap()
+            .into_split();
+        let size = limits::MAX_BODY_BYTES + 1;
+        let head = format!("POST /put HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+        let sender = tokio::spawn(async move {
+            writer.write_all(head.as_bytes()).await.unwrap();
+            writer.write_all(&vec![b' '; size]).await.unwrap();
+            writer
+                .write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            writer
+        });
+        let mut answers = String::new();
+        let mut buf = vec![0u8; 4096];
+        while !answers.contains("{\"status\":\"ok\"}") {
+            let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf))
+                .await
+                .expect("the server answers both requests")
+                .unwrap();
+            assert!(n > 0, "the server closed the connection: {answers}");
+            answers.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(answers.starts_with("HTTP/1.1 413"), "{answers}");
+        assert!(answers.contains("body_too_large"), "{answers}");
+        drop(sender.await.unwrap());
+        token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    }
+
     #[tokio::test]
     async fn server_serves_and_shuts_down() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
