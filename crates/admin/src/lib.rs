@@ -183,7 +183,9 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     ));
     let grpc_server = {
         let service = node_api::NodeApi::new(Arc::clone(&state)).into_service();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        // Without TCP_NODELAY, small replies wait for the peer's delayed ACK (~40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let stop = stop.clone();
         tokio::spawn(async move {
             tonic::transport::Server::builder()

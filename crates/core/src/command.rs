@@ -52,6 +52,11 @@ pub enum Command {
         partition: PartitionId,
         step: MigrationStep,
     },
+    /// Several client commands proposed as one log entry by the leader's write batcher, so that
+    /// concurrent writes share one append, one fsync and one replication round. Applied in
+    /// order, each exactly as if it were its own entry, and answered with
+    /// [`CommandResult::Batch`] holding one answer per command, in the same order.
+    Batch(Vec<Command>),
 }
 
 /// What a cluster does with one partition (DESIGN §4). A partition with no state ("absent") is
@@ -201,6 +206,8 @@ pub enum CommandResult {
         state: Option<PartitionState>,
         reason: String,
     },
+    /// The answers to a [`Command::Batch`], one per command, in order.
+    Batch(Vec<CommandResult>),
 }
 
 /// A key's stored record: its per-key version and its exact JSON text.

@@ -24,7 +24,9 @@ pub mod membership;
 pub mod migration;
 pub mod raft_net;
 pub mod raft_service;
+pub mod read_index;
 pub mod replica;
+pub mod write_batcher;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,8 +42,8 @@ use ravel_proto::v1::raft_transport_server::RaftTransportServer;
 use ravel_storage::{Raft, RavelNode, Storage};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 pub use config::{NodeConfig, PartialNodeConfig};
@@ -117,15 +119,15 @@ async fn run_replica(
 ) -> Result<(), NodeError> {
     let storage = open_storage(&config, &shutdown).await?;
     let raft = start_raft(&identity, &config, &storage).await?;
-    let replica = Arc::new(Replica {
-        node_id: identity.node_id,
-        cluster_id: identity.cluster_id,
-        raft: raft.clone(),
-        reader: storage.reader(),
+    let replica = Arc::new(Replica::new(
+        identity.node_id,
+        identity.cluster_id,
+        raft.clone(),
+        storage.reader(),
         // What peers dial, reported in `Status` and sent when joining.
-        raft_addr: config.raft_advertise.clone(),
-        grpc_addr: config.grpcaddr.clone(),
-    });
+        config.raft_advertise.clone(),
+        config.grpcaddr.clone(),
+    ));
     // Not a child of `shutdown`: the servers stop when `wait_for_stop` says so, after it has
     // seen the shutdown, so that a server ending is only ever an unexpected failure.
     let servers_stop = CancellationToken::new();
@@ -264,7 +266,7 @@ async fn serve(
     let raft_task = tokio::spawn(async move {
         raft_router
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(raft_listener),
+                TcpIncoming::from(raft_listener).with_nodelay(Some(true)),
                 raft_stop.cancelled_owned(),
             )
             .await
@@ -276,7 +278,7 @@ async fn serve(
     let grpc_task = tokio::spawn(async move {
         grpc_router
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 grpc_stop.cancelled_owned(),
             )
             .await

@@ -1,19 +1,21 @@
 //! What the gRPC services of one replica share: its identity, its Raft handle and its reader,
 //! with the three questions every handler asks (is this my cluster, am I the leader, where is
-//! the leader). It also holds the two ways into Raft that the handlers use — a write and a
-//! linearizable read barrier — so that the definite/unknown split of DESIGN §2.3 lives in one
-//! place. This module must not speak gRPC.
+//! the leader). It also holds the two ways into Raft that the handlers use — a write (client
+//! data commands through the [`WriteBatcher`], others alone) and a linearizable read barrier
+//! (through the [`ReadIndex`] batcher) — so that the definite/unknown split of DESIGN §2.3
+//! lives in one place. This module must not speak gRPC.
 
 use std::time::Duration;
 
 use openraft::ServerState;
-use openraft::error::{CheckIsLeaderError, RaftError};
 use ravel_core::command::{Command, CommandResult};
 use ravel_core::limits::DATA_RPC_TIMEOUT_MS;
 use ravel_core::{ClusterId, NodeId};
 use ravel_storage::{Raft, RavelNode, SmReader};
 
 use crate::error::NodeError;
+use crate::read_index::ReadIndex;
+use crate::write_batcher::WriteBatcher;
 
 /// How long a write may wait for Raft: the admin's deadline less a margin for the reply to travel.
 pub const WRITE_TIMEOUT_MS: u64 = DATA_RPC_TIMEOUT_MS - 1_000;
@@ -29,9 +31,94 @@ pub struct Replica {
     pub reader: SmReader,
     pub raft_addr: String,
     pub grpc_addr: String,
+    writes: WriteBatcher,
+    reads: ReadIndex,
+}
+
+/// "Not the leader", with the best hint known of who is. Nothing was proposed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotLeader {
+    pub leader_id: Option<NodeId>,
+    pub leader_grpc_addr: Option<String>,
+}
+
+impl From<NotLeader> for NodeError {
+    fn from(n: NotLeader) -> Self {
+        NodeError::NotLeader {
+            leader_id: n.leader_id,
+            leader_grpc_addr: n.leader_grpc_addr,
+        }
+    }
+}
+
+/// `Ok` when replica `node_id` leads `raft` now; otherwise NOT_LEADER with the best hint known.
+pub fn check_leader(raft: &Raft, node_id: NodeId) -> Result<(), NotLeader> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    if m.state == ServerState::Leader && m.current_leader == Some(node_id) {
+        return Ok(());
+    }
+    // Pointing a caller at ourselves would only send it back here.
+    let leader_id = m.current_leader.filter(|id| *id != node_id);
+    let leader_grpc_addr = leader_id.and_then(|id| {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.grpc_addr.clone())
+    });
+    Err(NotLeader {
+        leader_id,
+        leader_grpc_addr,
+    })
+}
+
+/// The NOT_LEADER answer of replica `node_id` for a hint openraft gave.
+pub fn not_leader_hint(
+    raft: &Raft,
+    node_id: NodeId,
+    leader_id: Option<NodeId>,
+    node: Option<&RavelNode>,
+) -> NotLeader {
+    let leader_id = leader_id.filter(|id| *id != node_id);
+    let leader_grpc_addr = node.map(|n| n.grpc_addr.clone()).or_else(|| {
+        let id = leader_id?;
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.grpc_addr.clone())
+    });
+    NotLeader {
+        leader_id,
+        leader_grpc_addr,
+    }
 }
 
 impl Replica {
+    /// The replica `node_id` of `cluster_id`, with its write batcher and read-index tasks
+    /// started (so this must run inside tokio).
+    #[must_use]
+    pub fn new(
+        node_id: NodeId,
+        cluster_id: ClusterId,
+        raft: Raft,
+        reader: SmReader,
+        raft_addr: String,
+        grpc_addr: String,
+    ) -> Self {
+        Self {
+            writes: WriteBatcher::start(raft.clone(), node_id),
+            reads: ReadIndex::start(raft.clone(), node_id),
+            node_id,
+            cluster_id,
+            raft,
+            reader,
+            raft_addr,
+            grpc_addr,
+        }
+    }
+
     /// Refuses a request for another cluster.
     pub fn check_cluster(&self, requested: ClusterId) -> Result<(), NodeError> {
         if requested == self.cluster_id {
@@ -46,80 +133,61 @@ impl Replica {
 
     /// `Ok` when this replica is the leader now; otherwise NOT_LEADER with the best hint known.
     pub fn ensure_leader(&self) -> Result<(), NodeError> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        if m.state == ServerState::Leader && m.current_leader == Some(self.node_id) {
-            return Ok(());
-        }
-        // Pointing a caller at ourselves would only send it back here.
-        let leader = m.current_leader.filter(|id| *id != self.node_id);
-        let addr = leader.and_then(|id| {
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.grpc_addr.clone())
-        });
-        Err(NodeError::NotLeader {
-            leader_id: leader,
-            leader_grpc_addr: addr,
-        })
+        Ok(check_leader(&self.raft, self.node_id)?)
     }
 
     /// The NOT_LEADER answer for a hint openraft gave.
     pub fn not_leader(&self, leader_id: Option<NodeId>, node: Option<&RavelNode>) -> NodeError {
-        let leader_id = leader_id.filter(|id| *id != self.node_id);
-        let addr = node.map(|n| n.grpc_addr.clone()).or_else(|| {
-            let id = leader_id?;
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.grpc_addr.clone())
-        });
-        NodeError::NotLeader {
-            leader_id,
-            leader_grpc_addr: addr,
-        }
+        not_leader_hint(&self.raft, self.node_id, leader_id, node).into()
     }
 
     /// Proposes `command` if this replica leads, and waits (bounded) for its answer.
     ///
-    /// The leader check makes NOT_LEADER definite: nothing is proposed without it. Once
-    /// `client_write` has been called, every failure — including `ForwardToLeader`, which
-    /// openraft may answer for an entry it already appended — is OUTCOME_UNKNOWN.
+    /// The leader check makes NOT_LEADER definite: nothing is proposed without it. Client data
+    /// commands (put, delete) go through the write batcher, which shares one entry between
+    /// concurrent writes; other commands are proposed alone. Once `client_write` has been
+    /// called, every failure — including `ForwardToLeader`, which openraft may answer for an
+    /// entry it already appended — is OUTCOME_UNKNOWN.
     pub async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
         self.ensure_leader()?;
         let deadline = Duration::from_millis(WRITE_TIMEOUT_MS);
-        match tokio::time::timeout(deadline, self.raft.client_write(command)).await {
-            Err(_elapsed) => Err(NodeError::OutcomeUnknown(format!(
+        let answer = match command {
+            Command::Put { .. } | Command::Delete { .. } => {
+                tokio::time::timeout(deadline, self.writes.write(command)).await
+            }
+            _ => {
+                tokio::time::timeout(deadline, async {
+                    self.raft
+                        .client_write(command)
+                        .await
+                        .map(|response| response.data)
+                        .map_err(|e| {
+                            NodeError::OutcomeUnknown(format!(
+                                "the command was proposed but Raft answered: {e}"
+                            ))
+                        })
+                })
+                .await
+            }
+        };
+        answer.unwrap_or_else(|_elapsed| {
+            Err(NodeError::OutcomeUnknown(format!(
                 "the command was proposed but not answered within {WRITE_TIMEOUT_MS} ms"
-            ))),
-            Ok(Err(e)) => Err(NodeError::OutcomeUnknown(format!(
-                "the command was proposed but Raft answered: {e}"
-            ))),
-            Ok(Ok(response)) => Ok(response.data),
-        }
+            )))
+        })
     }
 
-    /// Waits until a read of the local state machine is linearizable (openraft's read index).
+    /// Waits until a read of the local state machine is linearizable (openraft's read index,
+    /// one round shared by every read queued behind it).
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
         let deadline = Duration::from_millis(READ_INDEX_TIMEOUT_MS);
-        match tokio::time::timeout(deadline, self.raft.ensure_linearizable()).await {
-            Err(_elapsed) => Err(NodeError::Unavailable(format!(
-                "leadership could not be confirmed within {READ_INDEX_TIMEOUT_MS} ms"
-            ))),
-            Ok(Ok(_read_log_id)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(self.not_leader(f.leader_id, f.leader_node.as_ref()))
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(
-                NodeError::Unavailable(format!("no quorum confirmed leadership: {q}")),
-            ),
-            Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Unavailable(format!(
-                "the Raft group is not running: {f}"
-            ))),
-        }
+        tokio::time::timeout(deadline, self.reads.barrier())
+            .await
+            .unwrap_or_else(|_elapsed| {
+                Err(NodeError::Unavailable(format!(
+                    "leadership could not be confirmed within {READ_INDEX_TIMEOUT_MS} ms"
+                )))
+            })
     }
 
     /// Whether `node` is a voter in this replica's current membership.

@@ -360,6 +360,13 @@ impl Apply<'_> {
             } => self.delete(partition, &key, cas),
             Command::Assign { epoch, partitions } => Ok(self.assign(epoch, &partitions)),
             Command::Migrate { partition, step } => self.migrate(partition, step),
+            Command::Batch(commands) => {
+                let mut answers = Vec::with_capacity(commands.len());
+                for command in commands {
+                    answers.push(self.command(command)?);
+                }
+                Ok(CommandResult::Batch(answers))
+            }
         }
     }
 

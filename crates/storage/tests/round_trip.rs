@@ -337,6 +337,53 @@ fn unserved_partition_is_refused() {
     });
 }
 
+/// A batch entry answers each of its commands exactly as separate entries would, in order
+/// (versions, CAS against an earlier command of the same batch, deletes, fencing), and leaves
+/// the same state behind.
+#[test]
+fn batch_answers_like_separate_entries() {
+    let commands = || {
+        vec![
+            put(1, "k", "\"a\"", None),
+            put(1, "k", "\"b\"", Some(1)),
+            put(1, "k", "\"c\"", Some(1)),
+            delete(1, "k", None),
+            put(1, "k", "\"d\"", Some(0)),
+            put(1, "other", "1", None),
+            put(9, "k", "1", None),
+            delete(1, "missing", None),
+        ]
+    };
+    let separate_dir = tempfile::tempdir().unwrap();
+    let batched_dir = tempfile::tempdir().unwrap();
+    phase(async {
+        let separate = open(separate_dir.path());
+        apply(&separate, 1, vec![assign(1, &[1])]).await;
+        let one_by_one = apply(&separate, 2, commands()).await;
+
+        let batched = open(batched_dir.path());
+        apply(&batched, 1, vec![assign(1, &[1])]).await;
+        let answers = apply(&batched, 2, vec![Command::Batch(commands())]).await;
+        assert_eq!(answers, vec![CommandResult::Batch(one_by_one.clone())]);
+        assert_eq!(
+            one_by_one[..5],
+            [
+                CommandResult::Written { version: 1 },
+                CommandResult::Written { version: 2 },
+                CommandResult::CasMismatch { current: 2 },
+                CommandResult::Deleted { deleted: true },
+                CommandResult::Written { version: 4 },
+            ]
+        );
+        assert_eq!(one_by_one[6], CommandResult::WrongOwner { epoch: 1 });
+        for key in [&b"k"[..], b"other", b"missing"] {
+            assert_eq!(separate.reader().get(1, key), batched.reader().get(1, key));
+        }
+        assert_eq!(batched.reader().get(1, b"k"), Ok(Some(record(4, "\"d\""))));
+        assert_eq!(batched.reader().key_count(), 2);
+    });
+}
+
 /// An assignment with an epoch not newer than the applied one changes nothing; a newer one
 /// replaces the serving set exactly, keeping the data of partitions it drops.
 #[test]
