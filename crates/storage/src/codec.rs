@@ -13,7 +13,8 @@
 //! | `b'm'`, name | tag, postcard value |
 //!
 //! One partition's data is therefore one prefix scan (`data_prefix(p)`), which migration needs.
-//! Log keys are the entry index as u64 big-endian, so sled's byte order is index order.
+//! Keys of the old `raft_log` tree (read by the upgrade only) are the entry index as u64
+//! big-endian, so sled's byte order is index order.
 //! This module must not touch sled trees or do I/O; it only turns values into bytes and back.
 
 use crate::error::StorageError;
@@ -38,7 +39,8 @@ pub(crate) const META_MEMBERSHIP: &[u8] = b"m/membership";
 pub(crate) const META_EPOCH: &[u8] = b"m/epoch";
 pub(crate) const META_KEY_COUNT: &[u8] = b"m/key_count";
 
-/// Keys of the `raft_meta` tree.
+/// Keys of the `raft_meta` tree, which held the log's metadata before the WAL (read by the
+/// upgrade only).
 pub(crate) const RAFT_VOTE: &[u8] = b"vote";
 pub(crate) const RAFT_COMMITTED: &[u8] = b"committed";
 pub(crate) const RAFT_LAST_PURGED: &[u8] = b"last_purged";
@@ -71,11 +73,6 @@ fn strip_tag<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a [u8], Storag
         )),
         None => Err(StorageError::corrupt(what, "empty value")),
     }
-}
-
-/// The sled key of log index `index`.
-pub(crate) fn log_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 /// The log index a sled key of the `raft_log` tree names.
@@ -288,10 +285,10 @@ mod tests {
         assert!(key_count_partition(&counter_key(11)).is_err());
     }
 
-    /// Log keys sort in index order.
+    /// Old log keys (big-endian indexes) read back as their index; other lengths are refused.
     #[test]
-    fn log_keys_sort_by_index() {
-        assert!(log_key(255) < log_key(256));
-        assert_eq!(log_index(&log_key(42)).unwrap(), 42);
+    fn log_keys_read_back() {
+        assert_eq!(log_index(&42u64.to_be_bytes()).unwrap(), 42);
+        assert!(log_index(&[1, 2, 3]).is_err());
     }
 }

@@ -23,6 +23,10 @@ pub enum StorageError {
     /// nothing can be made durable any more.
     #[error("the storage flusher is unavailable: {0}")]
     FlusherUnavailable(String),
+    /// The Raft log failed a write or a sync earlier (or is closed); nothing more can be made
+    /// durable in it until the process restarts and replays it.
+    #[error("the raft log is unavailable: {0}")]
+    LogUnavailable(String),
     /// `Storage::open` was called outside a tokio runtime.
     #[error("storage must be opened inside a tokio runtime")]
     NoRuntime,
@@ -37,6 +41,7 @@ impl StorageError {
             Self::Io(_) => "storage_io",
             Self::Corrupt { .. } => "storage_corrupt",
             Self::FlusherUnavailable(_) => "storage_flusher_unavailable",
+            Self::LogUnavailable(_) => "storage_log_unavailable",
             Self::NoRuntime => "storage_no_runtime",
         }
     }
@@ -58,7 +63,6 @@ pub(crate) type RaftStorageError = openraft::StorageError<u64>;
 pub(crate) enum Op {
     ReadLogs,
     WriteLogs,
-    ReadVote,
     WriteVote,
     ReadStateMachine,
     WriteStateMachine,
@@ -73,7 +77,6 @@ impl StorageError {
         let io = match op {
             Op::ReadLogs => E::read_logs(&self),
             Op::WriteLogs => E::write_logs(&self),
-            Op::ReadVote => E::read_vote(&self),
             Op::WriteVote => E::write_vote(&self),
             Op::ReadStateMachine => E::read_state_machine(&self),
             Op::WriteStateMachine => E::write_state_machine(&self),

@@ -1,9 +1,12 @@
-//! The group-commit flusher: the one task that makes writes durable.
+//! The group-commit flusher: the one task that makes the sled database durable.
 //!
-//! Every write that must survive power loss (log appends, votes, the purge marker, snapshots)
-//! is first applied to sled (visible at once) and then handed here. The flusher drains every
-//! pending request, makes the whole database durable once, and completes all of them: one fsync
-//! is shared by every append that arrived while the previous one ran.
+//! sled holds the state machine and the snapshots; the Raft log is not here (it has its own
+//! WAL, `crate::wal`, with its own sync thread). Writes that must survive power loss here are
+//! the state machine at snapshot points (snapshot build and install) and everything on
+//! `Storage::sync`. They are first applied to sled (visible at once) and then a caller asks
+//! here for durability. The flusher drains every pending request, makes the whole database
+//! durable once, and completes all of them: one fsync is shared by every request that arrived
+//! while the previous one ran.
 //!
 //! Why more than `sled::Db::flush()`: on Linux sled's flush ends in `sync_file_range`, which
 //! neither flushes the drive's volatile write cache nor persists file metadata (a grown file
@@ -20,11 +23,9 @@
 //!
 //! After a failed round the flusher is poisoned and fails every later request: after an fsync
 //! error the kernel may have dropped dirty pages, so a later "successful" fsync proves nothing.
-//! This module must not know about Raft beyond completing openraft's `LogFlushed` callback.
+//! This module must not know about Raft.
 
 use crate::error::StorageError;
-use crate::types::TypeConfig;
-use openraft::storage::LogFlushed;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::File;
@@ -32,7 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
 
-/// Pending requests the flusher queue holds before senders wait (back-pressure on appends).
+/// Pending requests the flusher queue holds before senders wait (back-pressure).
 pub(crate) const FLUSH_QUEUE_CAPACITY: usize = 1024;
 
 /// Most requests completed by one flush round; the rest wait for the next round.
@@ -40,8 +41,6 @@ const MAX_REQUESTS_PER_ROUND: usize = 4096;
 
 /// One thing waiting to be durable.
 enum FlushRequest {
-    /// openraft's append callback: completed once the appended entries are durable.
-    Log(LogFlushed<TypeConfig>),
     /// A caller awaiting durability of everything it wrote before asking.
     Wait(oneshot::Sender<Result<(), String>>),
 }
@@ -60,17 +59,6 @@ impl Flusher {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_CAPACITY);
         runtime.spawn(run(rx, syncer));
         Ok(Self { tx })
-    }
-
-    /// Hands openraft's append callback to the flusher; it fires once the entries are durable.
-    pub(crate) async fn submit_log(
-        &self,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError> {
-        self.tx
-            .send(FlushRequest::Log(callback))
-            .await
-            .map_err(|_| StorageError::FlusherUnavailable("flusher task stopped".into()))
     }
 
     /// Returns once everything written to the database before this call is durable.
@@ -138,9 +126,6 @@ async fn sync_blocking(mut syncer: Syncer) -> (Option<Syncer>, Result<(), String
 fn complete(round: Vec<FlushRequest>, outcome: &Result<(), String>) {
     for request in round {
         match request {
-            FlushRequest::Log(callback) => {
-                callback.log_io_completed(outcome.clone().map_err(io::Error::other));
-            }
             FlushRequest::Wait(done) => {
                 // The waiter may have gone away (its task was cancelled); nothing to tell it.
                 let _ = done.send(outcome.clone());

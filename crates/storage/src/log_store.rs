@@ -1,122 +1,54 @@
-//! The Raft log store (openraft `RaftLogStorage` + `RaftLogReader`) on two sled trees.
+//! The Raft log store (openraft `RaftLogStorage` + `RaftLogReader`) on the WAL (`crate::wal`).
 //!
-//! `raft_log` holds entries keyed by big-endian index; `raft_meta` holds the vote, the
-//! committed marker and the last purged log id. Durability contract (openraft 0.9):
-//! - `append` makes entries readable at once and completes openraft's callback only after the
-//!   group-commit flusher has made them durable (openraft then counts this replica toward the
-//!   commit quorum);
+//! Durability contract (openraft 0.9), all kept by the WAL:
+//! - `append` makes entries readable at once and completes openraft's callback only after a
+//!   sync covering them (openraft then counts this replica toward the commit quorum);
 //! - `save_vote` returns only once the vote is durable (else a restart could vote twice in a
 //!   term);
-//! - `purge` makes `last_purged` durable before deleting anything, so a crash cannot leave a
-//!   hole between the purge marker and the first remaining entry;
-//! - `save_committed` is not fsynced: a lost marker only means re-applying from the log.
+//! - `purge` makes its marker durable before deleting anything, so a crash cannot leave a
+//!   hole between the purge point and the first remaining entry;
+//! - `save_committed` and `truncate` are not synced (see the comments on each).
 //!
-//! All writes are issued by openraft's single core task in call order, and sled persists them
-//! in that order, so a crash leaves a prefix of them. This module must not read or write the
-//! state machine, and must not call sled's `flush_async`.
+//! All writes are issued by openraft's single core task in call order and land in one
+//! append-only file in that order, so a crash leaves a prefix of them. This module must not
+//! read or write the state machine.
 
-use crate::codec::{self, RAFT_COMMITTED, RAFT_LAST_PURGED, RAFT_VOTE};
-use crate::error::{IntoRaft, Op, RaftStorageError, StorageError};
-use crate::flusher::Flusher;
+use crate::error::{IntoRaft, Op, RaftStorageError};
 use crate::types::TypeConfig;
+use crate::wal::Wal;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, Vote};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
 
 /// The Raft log store. Cloning gives another handle to the same log (used as the log reader).
 #[derive(Clone)]
 pub struct LogStore {
-    log: sled::Tree,
-    meta: sled::Tree,
-    flusher: Flusher,
+    wal: Wal,
 }
 
 impl LogStore {
-    pub(crate) fn new(log: sled::Tree, meta: sled::Tree, flusher: Flusher) -> Self {
-        Self { log, meta, flusher }
+    pub(crate) fn new(wal: Wal) -> Self {
+        Self { wal }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &'static [u8],
-    ) -> Result<Option<T>, StorageError> {
-        self.meta
-            .get(key)?
-            .map(|bytes| codec::decode("raft metadata", &bytes))
-            .transpose()
+    pub(crate) fn wal(&self) -> &Wal {
+        &self.wal
     }
 
-    fn last_purged(&self) -> Result<Option<LogId<u64>>, StorageError> {
-        Ok(self
-            .read_meta::<Option<LogId<u64>>>(RAFT_LAST_PURGED)?
-            .flatten())
+    /// **Test-only I/O seam** (power-loss tests): every WAL segment file with the number of
+    /// bytes from its start that the last completed sync covered. Copying each file cut to that
+    /// length models what a power failure at this instant would keep at least.
+    #[doc(hidden)]
+    pub fn synced_wal_extents(&self) -> Vec<(PathBuf, u64)> {
+        self.wal.synced_extents()
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId<u64>>, StorageError> {
-        match self.log.last()? {
-            Some((_, bytes)) => Ok(Some(decode_entry(&bytes)?.log_id)),
-            None => Ok(None),
-        }
+    /// Entries held in the log, and record bytes of those whose decoded form is kept in memory.
+    pub fn memory_use(&self) -> (usize, usize) {
+        self.wal.memory()
     }
-
-    fn read_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        let Some((lo, hi)) = index_range(start, end) else {
-            return Ok(Vec::new());
-        };
-        let mut entries = Vec::new();
-        for item in self.log.range(codec::log_key(lo)..=codec::log_key(hi)) {
-            let (key, bytes) = item?;
-            let entry = decode_entry(&bytes)?;
-            // Defensive: an entry stored under another index means the tree is corrupt.
-            if entry.log_id.index != codec::log_index(&key)? {
-                return Err(StorageError::corrupt(
-                    "log entry",
-                    format!("{} stored at {key:?}", entry.log_id),
-                ));
-            }
-            entries.push(entry);
-        }
-        Ok(entries)
-    }
-
-    /// Writes `entries` to the log tree in one atomic batch.
-    fn write_entries<I>(&self, entries: I) -> Result<(), StorageError>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>>,
-    {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(
-                &codec::log_key(entry.log_id.index)[..],
-                codec::encode(&entry)?,
-            );
-        }
-        self.log.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Removes every entry with index in `[lo, hi]`, in one atomic batch.
-    fn remove_range(&self, lo: u64, hi: u64) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for key in self
-            .log
-            .range(codec::log_key(lo)..=codec::log_key(hi))
-            .keys()
-        {
-            batch.remove(key?);
-        }
-        self.log.apply_batch(batch)?;
-        Ok(())
-    }
-}
-
-fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
-    codec::decode("log entry", bytes)
 }
 
 /// Converts index bounds into an inclusive `[lo, hi]`, or `None` if the range is empty.
@@ -139,8 +71,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, RaftStorageError> {
-        self.read_range(range.start_bound().cloned(), range.end_bound().cloned())
-            .raft(Op::ReadLogs)
+        let Some((lo, hi)) = index_range(range.start_bound().cloned(), range.end_bound().cloned())
+        else {
+            return Ok(Vec::new());
+        };
+        self.wal.read(lo, hi).raft(Op::ReadLogs)
     }
 }
 
@@ -148,11 +83,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        let last_purged_log_id = self.last_purged().raft(Op::ReadLogs)?;
-        let last_log_id = self
-            .last_entry_id()
-            .raft(Op::ReadLogs)?
-            .or(last_purged_log_id);
+        let (last_purged_log_id, last_log_id) = self.wal.log_state();
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -164,33 +95,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), RaftStorageError> {
-        let bytes = codec::encode(vote).raft(Op::WriteVote)?;
-        self.meta.insert(RAFT_VOTE, bytes).raft(Op::WriteVote)?;
-        self.flusher.sync().await.raft(Op::WriteVote)
+        self.wal.save_vote(vote).await.raft(Op::WriteVote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, RaftStorageError> {
-        self.read_meta(RAFT_VOTE).raft(Op::ReadVote)
+        Ok(self.wal.vote())
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), RaftStorageError> {
-        // No fsync: on restart a lost marker only means openraft re-applies fewer entries now
-        // and the rest once they are committed again.
-        let bytes = codec::encode(&committed).raft(Op::WriteLogs)?;
-        self.meta
-            .insert(RAFT_COMMITTED, bytes)
-            .raft(Op::WriteLogs)?;
-        Ok(())
+        // Not synced: on restart a lost marker only means openraft re-applies fewer entries
+        // now and the rest once they are committed again. The next sync carries it.
+        self.wal.save_committed(committed).raft(Op::WriteLogs)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, RaftStorageError> {
-        Ok(self
-            .read_meta::<Option<LogId<u64>>>(RAFT_COMMITTED)
-            .raft(Op::ReadLogs)?
-            .flatten())
+        Ok(self.wal.committed())
     }
 
     async fn append<I>(
@@ -202,27 +124,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.write_entries(entries).raft(Op::WriteLogs)?;
-        // The callback fires only once the flusher has fsynced this batch.
-        self.flusher.submit_log(callback).await.raft(Op::WriteLogs)
+        // The callback fires from the WAL's sync thread once a sync covers these entries.
+        self.wal.append(entries, callback).await.raft(Op::WriteLogs)
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), RaftStorageError> {
-        // Not fsynced here: if a crash undoes the truncation, the old (never acknowledged as
+        // Not synced here: if a crash undoes the truncation, the old (never acknowledged as
         // ours after this point) entries reappear, which is the state before the truncation.
-        // The next append's flush persists the truncation before that append is acknowledged.
-        self.remove_range(log_id.index, u64::MAX)
-            .raft(Op::WriteLogs)
+        // The next append's sync persists the truncation before that append is acknowledged.
+        self.wal.truncate(log_id.index).raft(Op::WriteLogs)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), RaftStorageError> {
-        let bytes = codec::encode(&Some(log_id)).raft(Op::WriteLogs)?;
-        self.meta
-            .insert(RAFT_LAST_PURGED, bytes)
-            .raft(Op::WriteLogs)?;
-        // The marker must be durable before any entry goes, or a crash could leave a hole.
-        self.flusher.sync().await.raft(Op::WriteLogs)?;
-        self.remove_range(0, log_id.index).raft(Op::WriteLogs)
+        // The marker is made durable before any segment is deleted (see `Wal::purge`).
+        self.wal.purge(log_id).await.raft(Op::WriteLogs)
     }
 }
 

@@ -28,7 +28,7 @@
 //! - **Per-partition key counts** are kept in the cache and on disk next to the data, so the
 //!   keys of one partition are known without a scan.
 //!
-//! This module must not touch the Raft log tree and must not call sled's `flush_async`.
+//! This module must not touch the Raft log and must not call sled's `flush_async`.
 
 use crate::codec::{self, META_EPOCH, META_KEY_COUNT, META_LAST_APPLIED, META_MEMBERSHIP};
 use crate::error::{IntoRaft, Op, RaftStorageError, StorageError};
