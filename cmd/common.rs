@@ -1,6 +1,13 @@
-//! What both mains share: logging set-up and the signal that starts a graceful stop.
+//! What both mains share: the allocator, logging set-up and the signal that starts a graceful
+//! stop.
 
 use tokio_util::sync::CancellationToken;
+
+/// mimalloc instead of glibc's malloc: the request path allocates many small buffers (HTTP and
+/// gRPC frames, protobuf messages, sled pages), and glibc's arena locking and consolidation
+/// showed up in profiles of the leader under load (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Logs to stderr; `RUST_LOG` overrides the default filter, which keeps the chatty libraries
 /// (openraft, sled, h2, tower) at warnings.
