@@ -126,6 +126,7 @@ impl Storage {
     /// Makes everything written so far durable, the log and sled alike (used at shutdown).
     pub async fn sync(&self) -> Result<(), StorageError> {
         self.log.wal().sync().await?;
+        self.sm.write_behind()?;
         self.flusher.sync().await
     }
 

@@ -10,11 +10,16 @@
 //! - **Versions strictly increase per key**, even across delete and re-create: each partition
 //!   keeps a persisted counter, the largest version ever issued in it (puts and deletes both
 //!   consume one), and a put's new version is that counter plus one.
-//! - **Atomic apply.** All entries of one `apply()` call become one `sled::Batch` on the `sm`
-//!   tree, which holds both data and metadata (last_applied, membership, partition states,
-//!   epoch, counters, key count), so a crash leaves the state machine at an entry boundary
-//!   with `last_applied` matching the data. Nothing is fsynced per apply: the log is the WAL and
-//!   openraft re-applies `(last_applied, committed]` after a restart.
+//! - **Atomic, written behind.** The changes of `apply()` calls gather in an in-memory overlay
+//!   (`Unwritten`) that every read consults before the tree, and are written to the `sm` tree as
+//!   one `sled::Batch` — data and metadata (last_applied, membership, partition states, epoch,
+//!   counters, key count) together — once the overlay holds [`MAX_UNWRITTEN_RECORDS`] records or
+//!   is [`MAX_UNWRITTEN_AGE_MS`] old, before any scan of the tree (snapshots, partition scans,
+//!   wipes) and at [`crate::Storage::sync`]. So a crash leaves the stored state machine at an
+//!   entry boundary with `last_applied` matching the data. Nothing is fsynced per apply: the log
+//!   is the WAL and openraft re-applies `(last_applied, committed]` after a restart. (sled seals
+//!   and `sync_file_range`s a buffer for every batch, which made one batch per entry cost more
+//!   than the WAL's own fdatasync; see BENCHMARKS.md.)
 //! - **The in-memory cache equals what was written.** The cache (states, counters, epoch, ...)
 //!   is updated only after the batch is applied, under the same write lock that readers take,
 //!   so a reader never sees a state check and data from different points of the log.
@@ -46,6 +51,13 @@ use std::io::Cursor;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+/// Most changed data records the write-behind overlay holds before it is written to sled.
+pub const MAX_UNWRITTEN_RECORDS: usize = 4096;
+
+/// Oldest change the overlay holds before it is written to sled (checked at each apply).
+pub const MAX_UNWRITTEN_AGE_MS: u64 = 50;
 
 /// What the state machine knows besides its data records; mirrors the `sm` tree's metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,6 +79,8 @@ pub(crate) struct SmShared {
     pub(crate) snapshots: sled::Tree,
     pub(crate) flusher: Flusher,
     cache: RwLock<SmCache>,
+    /// Applied changes not yet written to `tree`. Locked only while holding `cache`'s lock.
+    unwritten: RwLock<Unwritten>,
     snapshots_installed: AtomicU64,
     /// Serializes read-compare-write of the stored current snapshot.
     pub(crate) snapshot_store_lock: Mutex<()>,
@@ -84,6 +98,7 @@ impl SmShared {
             snapshots,
             flusher,
             cache: RwLock::new(cache),
+            unwritten: RwLock::new(Unwritten::default()),
             snapshots_installed: AtomicU64::new(0),
             snapshot_store_lock: Mutex::new(()),
         })
@@ -97,15 +112,32 @@ impl SmShared {
         self.cache.write().map_err(|_| poisoned())
     }
 
+    fn read_unwritten(&self) -> Result<RwLockReadGuard<'_, Unwritten>, StorageError> {
+        self.unwritten.read().map_err(|_| poisoned())
+    }
+
+    fn write_unwritten(&self) -> Result<RwLockWriteGuard<'_, Unwritten>, StorageError> {
+        self.unwritten.write().map_err(|_| poisoned())
+    }
+
+    /// Writes every applied change still in the overlay to the tree (one atomic batch).
+    pub(crate) fn write_behind(&self) -> Result<(), StorageError> {
+        let _cache = self.write_cache()?;
+        let mut unwritten = self.write_unwritten()?;
+        unwritten.write_to(&self.tree)
+    }
+
     /// Applies `entries` as one atomic batch and returns one answer per entry.
     fn apply_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<Vec<CommandResult>, StorageError> {
         let mut cache = self.write_cache()?;
+        let mut unwritten = self.write_unwritten()?;
         let mut work = Apply {
             tree: &self.tree,
             cache: &cache,
+            unwritten: &unwritten,
             pending: Pending::default(),
         };
         let mut answers = Vec::new();
@@ -113,13 +145,17 @@ impl SmShared {
             answers.push(work.entry(entry)?);
         }
         let pending = work.pending;
-        self.tree.apply_batch(pending.to_batch()?)?;
         pending.update(&mut cache);
+        unwritten.absorb(pending);
+        if unwritten.is_due() {
+            unwritten.write_to(&self.tree)?;
+        }
         Ok(answers)
     }
 
     /// A consistent copy of the whole state machine (run serialized with apply).
     pub(crate) fn materialize(&self) -> Result<SnapshotImage, StorageError> {
+        self.write_behind()?;
         let cache = self.read_cache()?;
         let mut records = Vec::new();
         for item in self.tree.scan_prefix(codec::all_data_prefix()) {
@@ -139,6 +175,8 @@ impl SmShared {
     /// Replaces the whole state machine by `image`, atomically.
     fn replace_with(&self, image: SnapshotImage) -> Result<(), StorageError> {
         let mut cache = self.write_cache()?;
+        // Everything unwritten is replaced too.
+        *self.write_unwritten()? = Unwritten::default();
         let mut batch = sled::Batch::default();
         for key in self.tree.iter().keys() {
             batch.remove(key?);
@@ -147,6 +185,17 @@ impl SmShared {
         self.tree.apply_batch(batch)?;
         *cache = next;
         Ok(())
+    }
+}
+
+impl Drop for SmShared {
+    /// A clean close writes what is unwritten (a crash instead leaves it to the log's replay).
+    fn drop(&mut self) {
+        if let Ok(unwritten) = self.unwritten.get_mut()
+            && let Err(e) = unwritten.write_to(&self.tree)
+        {
+            tracing::warn!(error = %e, "could not write the state machine's last changes at close");
+        }
     }
 }
 
@@ -284,27 +333,27 @@ impl Pending {
         Ok(batch)
     }
 
-    /// Brings the cache to what `to_batch` wrote.
-    fn update(self, cache: &mut SmCache) {
-        for (p, state) in self.states {
+    /// Brings the cache to what these changes make it.
+    fn update(&self, cache: &mut SmCache) {
+        for (p, state) in &self.states {
             match state {
-                Some(state) => cache.states.insert(p, state),
-                None => cache.states.remove(&p),
+                Some(state) => cache.states.insert(*p, *state),
+                None => cache.states.remove(p),
             };
         }
-        cache.counters.extend(self.counters);
-        for (p, keys) in self.partition_keys {
-            if keys == 0 {
-                cache.partition_keys.remove(&p);
+        cache.counters.extend(&self.counters);
+        for (p, keys) in &self.partition_keys {
+            if *keys == 0 {
+                cache.partition_keys.remove(p);
             } else {
-                cache.partition_keys.insert(p, keys);
+                cache.partition_keys.insert(*p, *keys);
             }
         }
         if self.last_applied.is_some() {
             cache.last_applied = self.last_applied;
         }
-        if let Some(membership) = self.membership {
-            cache.membership = membership;
+        if let Some(membership) = &self.membership {
+            cache.membership = membership.clone();
         }
         if let Some(epoch) = self.epoch {
             cache.epoch = epoch;
@@ -312,6 +361,69 @@ impl Pending {
         if let Some(key_count) = self.key_count {
             cache.key_count = key_count;
         }
+    }
+
+    /// Lays `later` (the changes of a later apply) over these.
+    fn merge(&mut self, later: Pending) {
+        self.data.extend(later.data);
+        self.states.extend(later.states);
+        self.counters.extend(later.counters);
+        self.partition_keys.extend(later.partition_keys);
+        self.last_applied = later.last_applied.or(self.last_applied);
+        self.membership = later.membership.or(self.membership.take());
+        self.epoch = later.epoch.or(self.epoch);
+        self.key_count = later.key_count.or(self.key_count);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.data.is_empty()
+            && self.states.is_empty()
+            && self.counters.is_empty()
+            && self.partition_keys.is_empty()
+            && self.last_applied.is_none()
+            && self.membership.is_none()
+            && self.epoch.is_none()
+            && self.key_count.is_none()
+    }
+}
+
+/// Applied changes not yet written to sled: what every read sees over the tree.
+#[derive(Default)]
+struct Unwritten {
+    changes: Pending,
+    /// When the oldest change still here was applied.
+    since: Option<Instant>,
+}
+
+impl Unwritten {
+    fn absorb(&mut self, pending: Pending) {
+        if pending.is_empty() {
+            return;
+        }
+        self.since.get_or_insert_with(Instant::now);
+        self.changes.merge(pending);
+    }
+
+    fn is_due(&self) -> bool {
+        self.changes.data.len() >= MAX_UNWRITTEN_RECORDS
+            || self
+                .since
+                .is_some_and(|t| t.elapsed() >= Duration::from_millis(MAX_UNWRITTEN_AGE_MS))
+    }
+
+    /// A data key's change still unwritten: `Some(Some(record))`, `Some(None)` if removed, or
+    /// `None` when the tree has the current value.
+    fn data(&self, data_key: &[u8]) -> Option<Option<&[u8]>> {
+        self.changes.data.get(data_key).map(Option::as_deref)
+    }
+
+    fn write_to(&mut self, tree: &sled::Tree) -> Result<(), StorageError> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        tree.apply_batch(self.changes.to_batch()?)?;
+        *self = Unwritten::default();
+        Ok(())
     }
 }
 
@@ -325,10 +437,12 @@ pub(crate) fn write_states(
     }
 }
 
-/// One `apply()` call in progress: reads see the cache and tree overlaid by `pending`.
+/// One `apply()` call in progress: reads see the tree overlaid by the unwritten changes, then
+/// by this call's `pending` ones (the cache already includes the unwritten ones).
 struct Apply<'a> {
     tree: &'a sled::Tree,
     cache: &'a SmCache,
+    unwritten: &'a Unwritten,
     pending: Pending,
 }
 
@@ -564,6 +678,14 @@ impl Apply<'_> {
             }
             *value = None;
         }
+        for (key, value) in self.unwritten.changes.data.range(prefix.to_vec()..) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if value.is_some() {
+                self.pending.data.insert(key.clone(), None);
+            }
+        }
         for key in self.tree.scan_prefix(prefix).keys() {
             self.pending.data.insert(key?.to_vec(), None);
         }
@@ -647,7 +769,11 @@ impl Apply<'_> {
 
     /// The current version of a data key (0 if absent), seeing earlier entries of this call.
     fn version_of(&self, data_key: &[u8]) -> Result<u64, StorageError> {
-        match self.pending.data.get(data_key) {
+        let overlaid = match self.pending.data.get(data_key) {
+            Some(change) => Some(change.as_deref()),
+            None => self.unwritten.data(data_key),
+        };
+        match overlaid {
             Some(Some(record)) => codec::record_version(record),
             Some(None) => Ok(0),
             None => match self.tree.get(data_key)? {
@@ -746,10 +872,19 @@ impl SmReader {
         if !cache.states.get(&partition).is_some_and(|s| s.readable()) {
             return Err(ReadRefused::WrongOwner { epoch: cache.epoch });
         }
+        let data_key = codec::data_key(partition, key);
+        let unwritten = self.shared.read_unwritten().map_err(unavailable)?;
+        if let Some(change) = unwritten.data(&data_key) {
+            return change
+                .map(codec::decode_record)
+                .transpose()
+                .map_err(unavailable);
+        }
+        drop(unwritten);
         let stored = self
             .shared
             .tree
-            .get(codec::data_key(partition, key))
+            .get(data_key)
             .map_err(|e| unavailable(e.into()))?;
         stored
             .map(|bytes| codec::decode_record(&bytes))
@@ -768,7 +903,9 @@ impl SmReader {
         limit_records: usize,
         limit_bytes: usize,
     ) -> Result<PartitionScan, ReadRefused> {
-        // Holding the read lock keeps the state check, the records and the counter at one point.
+        // The scan reads the tree alone, so first write what is unwritten. Holding the read
+        // lock then keeps the state check, the records and the counter at one point.
+        self.shared.write_behind().map_err(unavailable)?;
         let cache = self.shared.read_cache().map_err(unavailable)?;
         let state = cache.states.get(&partition).copied();
         if state != Some(PartitionState::Frozen) {
@@ -898,5 +1035,65 @@ mod tests {
         let stored = tree.get(codec::key_count_key(1)).unwrap().unwrap();
         assert_eq!(codec::decode_counter(&stored).unwrap(), 2);
         assert_eq!(load_cache(&tree).unwrap(), cache);
+    }
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn put(key: String) -> Command {
+        Command::Put {
+            partition: 0,
+            key: key.into_bytes(),
+            value: b"1".to_vec(),
+            cas: None,
+        }
+    }
+
+    /// Applied changes are read from the write-behind overlay at once, reach the tree only when
+    /// the overlay is due (here: by size) or written explicitly, and then carry `last_applied`.
+    #[tokio::test]
+    async fn applied_changes_are_written_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let flusher = Flusher::start(db.clone(), dir.path()).unwrap();
+        let sm = SmShared::open(
+            db.open_tree("sm").unwrap(),
+            db.open_tree("snapshot").unwrap(),
+            flusher,
+        )
+        .unwrap();
+        let assign = Command::Assign {
+            epoch: 1,
+            partitions: vec![0],
+        };
+        sm.apply_entries([entry(1, assign), entry(2, put("young".into()))])
+            .unwrap();
+        let reader = SmReader::new(Arc::new(sm));
+        let sm = &reader.shared;
+        let stored = |key: &str| sm.tree.get(codec::data_key(0, key.as_bytes())).unwrap();
+        assert_eq!(reader.get(0, b"young").unwrap().unwrap().version, 1);
+        assert!(stored("young").is_none(), "written at once");
+
+        let many: Vec<_> = (0..MAX_UNWRITTEN_RECORDS as u64)
+            .map(|i| entry(3 + i, put(format!("k{i}"))))
+            .collect();
+        let last = many.last().unwrap().log_id;
+        sm.apply_entries(many).unwrap();
+        assert!(stored("young").is_some() && stored("k0").is_some());
+        let stored_applied = sm.tree.get(META_LAST_APPLIED).unwrap().unwrap();
+        let stored_applied: Option<LogId<u64>> =
+            codec::decode("last_applied", &stored_applied).unwrap();
+        assert_eq!(stored_applied, Some(last));
+
+        sm.apply_entries([entry(last.index + 1, put("late".into()))])
+            .unwrap();
+        assert!(stored("late").is_none());
+        sm.write_behind().unwrap();
+        assert!(stored("late").is_some());
+        assert_eq!(reader.key_count(), MAX_UNWRITTEN_RECORDS as u64 + 2);
     }
 }
