@@ -1,8 +1,8 @@
 //! Snapshots of the state machine: the image format, the builder, and the stored current one.
 //!
-//! openraft 0.9 runs `build_snapshot` concurrently with later applies, so the image is
-//! materialized in `get_snapshot_builder` (serialized with apply) and only encoded and stored
-//! here. openraft also never reloads a stored snapshot into the state machine at start, and it
+//! openraft 0.9 runs `build_snapshot` concurrently with later applies, so the state machine is
+//! captured in `get_snapshot_builder` (serialized with apply: the cache and unwritten changes
+//! copied, the sled tree frozen) and scanned, encoded and stored here while applies go on. openraft also never reloads a stored snapshot into the state machine at start, and it
 //! purges logs below a snapshot once built or installed: so both building and installing end
 //! with a full flush + fsync, which makes the state machine durable at least up to the
 //! snapshot's last log id before any log it covers can be purged.
@@ -17,7 +17,7 @@ use crate::codec::{
     SNAP_SEQ,
 };
 use crate::error::{IntoRaft, Op, RaftStorageError, StorageError};
-use crate::state_machine::{SmCache, SmShared, write_states};
+use crate::state_machine::{SmCache, SmShared, SnapshotSource, write_states};
 use crate::types::{PartitionState, RavelNode, TypeConfig};
 use openraft::{LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use ravel_core::PartitionId;
@@ -57,6 +57,16 @@ impl SnapshotImage {
             counters: cache.counters.iter().map(|(p, c)| (*p, *c)).collect(),
             records,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> &[SnapshotRecord] {
+        &self.records
+    }
+
+    #[cfg(test)]
+    pub(crate) fn last_applied(&self) -> Option<LogId<u64>> {
+        self.last_applied
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
@@ -120,26 +130,33 @@ impl SnapshotImage {
     }
 }
 
-/// Builds a snapshot from an image taken serialized with apply.
+/// Builds a snapshot from the state machine captured serialized with apply.
 pub struct SnapshotBuilder {
     shared: Arc<SmShared>,
-    image: Option<Result<SnapshotImage, StorageError>>,
+    source: Option<Result<SnapshotSource, StorageError>>,
 }
 
 impl SnapshotBuilder {
-    pub(crate) fn new(shared: Arc<SmShared>, image: Result<SnapshotImage, StorageError>) -> Self {
+    pub(crate) fn new(shared: Arc<SmShared>, source: Result<SnapshotSource, StorageError>) -> Self {
         Self {
             shared,
-            image: Some(image),
+            source: Some(source),
         }
     }
 
     async fn build(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let image = self
-            .image
+        let source = self
+            .source
             .take()
             .unwrap_or_else(|| Err(StorageError::corrupt("snapshot", "builder used twice")))?;
-        let data = codec::encode(&image)?;
+        // The scan and the encoding are slow for a big state machine: off the async threads.
+        let (image, data) = tokio::task::spawn_blocking(move || {
+            let image = source.into_image()?;
+            let data = codec::encode(&image)?;
+            Ok::<_, StorageError>((image, data))
+        })
+        .await
+        .map_err(|e| StorageError::corrupt("snapshot", format!("build thread failed: {e}")))??;
         let seq = next_seq(&self.shared)?;
         let meta = SnapshotMeta {
             last_log_id: image.last_applied,
@@ -147,8 +164,10 @@ impl SnapshotBuilder {
             snapshot_id: snapshot_id(image.last_applied, seq),
         };
         store_current(&self.shared, &meta, &data)?;
-        // Makes the state machine (at or past this image) and the snapshot durable before
-        // openraft may purge the logs the snapshot covers.
+        // Makes the state machine (at or past this image: the captured changes are still in the
+        // overlay until written here) and the snapshot durable before openraft may purge the
+        // logs the snapshot covers.
+        self.shared.write_behind()?;
         self.shared.flusher.sync().await?;
         Ok(Snapshot {
             meta,

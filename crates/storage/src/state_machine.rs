@@ -49,7 +49,7 @@ use ravel_core::command::{Command, CommandResult, MigratedRecord, MigrationStep,
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,71 @@ pub const MAX_UNWRITTEN_RECORDS: usize = 4096;
 
 /// Oldest change the overlay holds before it is written to sled (checked at each apply).
 pub const MAX_UNWRITTEN_AGE_MS: u64 = 50;
+
+/// Most changed records the overlay holds while a snapshot scan has the tree frozen; beyond
+/// this, applies wait for the scan to end.
+pub const MAX_UNWRITTEN_RECORDS_WHILE_FROZEN: usize = 64 * MAX_UNWRITTEN_RECORDS;
+
+/// How often a writer waiting for a snapshot scan to end looks again.
+const THAW_POLL_MS: u64 = 1;
+
+/// The tree frozen for one snapshot scan; dropping it lets writes reach the tree again.
+pub(crate) struct FrozenTree {
+    shared: Arc<SmShared>,
+}
+
+impl Drop for FrozenTree {
+    fn drop(&mut self) {
+        self.shared.scans.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The state machine at one log point, captured serialized with apply: the cache and the
+/// overlay's data changes as they were, over a tree that nothing writes until this is dropped.
+pub(crate) struct SnapshotSource {
+    cache: SmCache,
+    changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    frozen: FrozenTree,
+}
+
+impl SnapshotSource {
+    /// Scans the frozen tree and lays the captured changes over it (both in key order): the
+    /// image at the capture point. Slow for a big state machine; applies go on meanwhile.
+    pub(crate) fn into_image(self) -> Result<SnapshotImage, StorageError> {
+        let tree = self.frozen.shared.tree.clone();
+        let mut records = Vec::new();
+        let mut push = |raw_key: &[u8], raw_value: Option<&[u8]>| -> Result<(), StorageError> {
+            let Some(raw_value) = raw_value else {
+                return Ok(());
+            };
+            let (partition, key) = codec::split_data_key(raw_key)?;
+            let record = codec::decode_record(raw_value)?;
+            records.push(snapshot::SnapshotRecord {
+                partition,
+                key: key.to_vec(),
+                version: record.version,
+                value: record.value,
+            });
+            Ok(())
+        };
+        let mut changes = self.changes.iter().peekable();
+        for item in tree.scan_prefix(codec::all_data_prefix()) {
+            let (raw_key, raw_value) = item?;
+            while let Some((key, change)) = changes.next_if(|(key, _)| key[..] < raw_key[..]) {
+                push(key, change.as_deref())?;
+            }
+            match changes.next_if(|(key, _)| key[..] == raw_key[..]) {
+                Some((key, change)) => push(key, change.as_deref())?,
+                None => push(&raw_key, Some(&raw_value))?,
+            }
+        }
+        for (key, change) in changes {
+            push(key, change.as_deref())?;
+        }
+        drop(self.frozen);
+        Ok(SnapshotImage::new(&self.cache, records))
+    }
+}
 
 /// What the state machine knows besides its data records; mirrors the `sm` tree's metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,6 +146,8 @@ pub(crate) struct SmShared {
     cache: RwLock<SmCache>,
     /// Applied changes not yet written to `tree`. Locked only while holding `cache`'s lock.
     unwritten: RwLock<Unwritten>,
+    /// Snapshot scans reading the tree now; nothing writes the tree while there is one.
+    scans: AtomicUsize,
     snapshots_installed: AtomicU64,
     /// Serializes read-compare-write of the stored current snapshot.
     pub(crate) snapshot_store_lock: Mutex<()>,
@@ -99,6 +166,7 @@ impl SmShared {
             flusher,
             cache: RwLock::new(cache),
             unwritten: RwLock::new(Unwritten::default()),
+            scans: AtomicUsize::new(0),
             snapshots_installed: AtomicU64::new(0),
             snapshot_store_lock: Mutex::new(()),
         })
@@ -120,11 +188,25 @@ impl SmShared {
         self.unwritten.write().map_err(|_| poisoned())
     }
 
-    /// Writes every applied change still in the overlay to the tree (one atomic batch).
+    /// Writes every applied change still in the overlay to the tree (one atomic batch), once
+    /// no snapshot scan has the tree frozen.
     pub(crate) fn write_behind(&self) -> Result<(), StorageError> {
-        let _cache = self.write_cache()?;
+        let _cache = self.write_cache_thawed()?;
         let mut unwritten = self.write_unwritten()?;
         unwritten.write_to(&self.tree)
+    }
+
+    /// The cache's write lock, taken while no snapshot scan has the tree frozen; as long as it
+    /// is held, no scan can start, so the tree may be written.
+    fn write_cache_thawed(&self) -> Result<RwLockWriteGuard<'_, SmCache>, StorageError> {
+        loop {
+            let cache = self.write_cache()?;
+            if self.scans.load(Ordering::Acquire) == 0 {
+                return Ok(cache);
+            }
+            drop(cache);
+            std::thread::sleep(Duration::from_millis(THAW_POLL_MS));
+        }
     }
 
     /// Applies `entries` as one atomic batch and returns one answer per entry.
@@ -133,6 +215,19 @@ impl SmShared {
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<Vec<CommandResult>, StorageError> {
         let mut cache = self.write_cache()?;
+        if self
+            .unwritten
+            .read()
+            .map_err(|_| poisoned())?
+            .changes
+            .data
+            .len()
+            >= MAX_UNWRITTEN_RECORDS_WHILE_FROZEN
+        {
+            // Back-pressure: a snapshot scan has held the tree for long; wait for it.
+            drop(cache);
+            cache = self.write_cache_thawed()?;
+        }
         let mut unwritten = self.write_unwritten()?;
         let mut work = Apply {
             tree: &self.tree,
@@ -147,34 +242,33 @@ impl SmShared {
         let pending = work.pending;
         pending.update(&mut cache);
         unwritten.absorb(pending);
-        if unwritten.is_due() {
+        // While a snapshot scan has the tree frozen the changes stay in the overlay.
+        if unwritten.is_due() && self.scans.load(Ordering::Acquire) == 0 {
             unwritten.write_to(&self.tree)?;
         }
         Ok(answers)
     }
 
-    /// A consistent copy of the whole state machine (run serialized with apply).
-    pub(crate) fn materialize(&self) -> Result<SnapshotImage, StorageError> {
-        self.write_behind()?;
-        let cache = self.read_cache()?;
-        let mut records = Vec::new();
-        for item in self.tree.scan_prefix(codec::all_data_prefix()) {
-            let (raw_key, raw_value) = item?;
-            let (partition, key) = codec::split_data_key(&raw_key)?;
-            let record = codec::decode_record(&raw_value)?;
-            records.push(snapshot::SnapshotRecord {
-                partition,
-                key: key.to_vec(),
-                version: record.version,
-                value: record.value,
-            });
-        }
-        Ok(SnapshotImage::new(&cache, records))
+    /// Captures the state machine at this log point (run serialized with apply): the cache and
+    /// the unwritten changes are copied, and the tree is frozen until the returned source has
+    /// been scanned, so that applies can go on meanwhile without blocking on the scan.
+    pub(crate) fn capture(shared: &Arc<SmShared>) -> Result<SnapshotSource, StorageError> {
+        let cache = shared.write_cache()?;
+        let unwritten = shared.read_unwritten()?;
+        shared.scans.fetch_add(1, Ordering::AcqRel);
+        let frozen = FrozenTree {
+            shared: Arc::clone(shared),
+        };
+        Ok(SnapshotSource {
+            cache: cache.clone(),
+            changes: unwritten.changes.data.clone(),
+            frozen,
+        })
     }
 
     /// Replaces the whole state machine by `image`, atomically.
     fn replace_with(&self, image: SnapshotImage) -> Result<(), StorageError> {
-        let mut cache = self.write_cache()?;
+        let mut cache = self.write_cache_thawed()?;
         // Everything unwritten is replaced too.
         *self.write_unwritten()? = Unwritten::default();
         let mut batch = sled::Batch::default();
@@ -819,7 +913,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Runs serialized with apply: the copy is consistent even though `build_snapshot`
         // then runs concurrently with later applies.
-        SnapshotBuilder::new(self.shared.clone(), self.shared.materialize())
+        SnapshotBuilder::new(self.shared.clone(), SmShared::capture(&self.shared))
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
@@ -1095,5 +1189,77 @@ mod tests {
         sm.write_behind().unwrap();
         assert!(stored("late").is_some());
         assert_eq!(reader.key_count(), MAX_UNWRITTEN_RECORDS as u64 + 2);
+    }
+
+    /// A snapshot captured with changes still unwritten (an overwrite, a delete, a new key)
+    /// images exactly the state at the capture, although applies go on during the scan and
+    /// the overlay is due meanwhile; the tree is written again once the scan has ended.
+    #[tokio::test]
+    async fn capture_images_its_log_point_while_applies_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let flusher = Flusher::start(db.clone(), dir.path()).unwrap();
+        let sm = Arc::new(
+            SmShared::open(
+                db.open_tree("sm").unwrap(),
+                db.open_tree("snapshot").unwrap(),
+                flusher,
+            )
+            .unwrap(),
+        );
+        let assign = Command::Assign {
+            epoch: 1,
+            partitions: vec![0],
+        };
+        let del = |key: &str| Command::Delete {
+            partition: 0,
+            key: key.as_bytes().to_vec(),
+            cas: None,
+        };
+        sm.apply_entries([
+            entry(1, assign),
+            entry(2, put("a".into())),
+            entry(3, put("b".into())),
+            entry(4, put("c".into())),
+        ])
+        .unwrap();
+        sm.write_behind().unwrap();
+        sm.apply_entries([
+            entry(5, put("b".into())),
+            entry(6, del("c")),
+            entry(7, put("d".into())),
+        ])
+        .unwrap();
+        let source = SmShared::capture(&sm).unwrap();
+
+        // Later applies, enough to make the overlay due: they must not reach the tree now.
+        let later: Vec<_> = (0..MAX_UNWRITTEN_RECORDS as u64)
+            .map(|i| entry(8 + i, put(format!("later{i}"))))
+            .collect();
+        sm.apply_entries(later).unwrap();
+        sm.apply_entries([entry(9_000, del("a"))]).unwrap();
+        assert!(sm.tree.get(codec::data_key(0, b"d")).unwrap().is_none());
+
+        let image = source.into_image().unwrap();
+        let keys: Vec<(Vec<u8>, u64)> = image
+            .records()
+            .iter()
+            .map(|r| (r.key.clone(), r.version))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![(b"a".to_vec(), 1), (b"b".to_vec(), 4), (b"d".to_vec(), 6)]
+        );
+        assert_eq!(image.last_applied().map(|l| l.index), Some(7));
+
+        // Thawed: the next write-behind reaches the tree, with everything applied since.
+        sm.write_behind().unwrap();
+        assert!(sm.tree.get(codec::data_key(0, b"a")).unwrap().is_none());
+        assert!(
+            sm.tree
+                .get(codec::data_key(0, b"later0"))
+                .unwrap()
+                .is_some()
+        );
     }
 }
