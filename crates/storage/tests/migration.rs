@@ -2,24 +2,17 @@
 //! step's transitions, idempotence and refusals, Assign leaving moves alone, data wiping, the
 //! version floor, the frozen-partition scan, and snapshots and restarts of the new states.
 
+mod common;
+use common::phase;
+
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use ravel_core::command::{
     Command, CommandResult, MigratedRecord, MigrationStep, PartitionState, Record,
 };
 use ravel_storage::{ReadRefused, Storage, TypeConfig};
-use std::future::Future;
 
 use PartitionState::{Frozen, Incoming, Released, Serving};
-
-fn phase<F: Future<Output = T>, T>(f: F) -> T {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(f)
-}
 
 fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
     Entry {

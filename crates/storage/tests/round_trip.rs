@@ -1,6 +1,9 @@
 //! Behaviour of the storage crate through its public API: durability across reopen, the state
 //! machine's answers (versions, CAS, ownership fencing, assignments) and snapshots.
 
+mod common;
+use common::phase;
+
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{
     CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder,
@@ -9,19 +12,7 @@ use openraft::{
 use ravel_core::command::{Command, CommandResult, Record};
 use ravel_storage::{ReadRefused, Storage, TypeConfig};
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::Path;
-
-/// Runs `f` on a fresh runtime and drops the runtime afterwards, so that the storage's flusher
-/// task (and with it the sled database) is gone before the next phase reopens the directory.
-fn phase<F: Future<Output = T>, T>(f: F) -> T {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(f)
-}
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 1), index)

@@ -8,79 +8,17 @@
 //! (puts, overwrites, deletes, CAS) back with the version and value its `client_write`
 //! answered: openraft must re-apply the missing entries from the log.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+mod common;
+
+use common::{NoNetwork, phase};
 use openraft::{Config, LogId, ServerState, SnapshotPolicy};
 use ravel_core::command::{Command, CommandResult, Record};
-use ravel_storage::{Raft, RavelNode, Storage, StorageOptions, TypeConfig, WAL_DIR, WalOptions};
+use ravel_storage::{Raft, RavelNode, Storage, StorageOptions, WAL_DIR, WalOptions};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A network to nowhere: a one-node group never sends a message.
-struct NoNetwork;
-
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<u64, RavelNode, RaftError<u64, E>>>;
-
-// openraft fixes this error type in the RaftNetwork signatures.
-#[allow(clippy::result_large_err)]
-fn unreachable<T, E: std::error::Error>() -> RpcResult<T, E> {
-    let e = std::io::Error::other("single-node test has no peers");
-    Err(RPCError::Unreachable(Unreachable::new(&e)))
-}
-
-impl RaftNetwork<TypeConfig> for NoNetwork {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<u64>> {
-        unreachable()
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        unreachable()
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> RpcResult<VoteResponse<u64>> {
-        unreachable()
-    }
-}
-
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = NoNetwork;
-
-    async fn new_client(&mut self, _target: u64, _node: &RavelNode) -> NoNetwork {
-        NoNetwork
-    }
-}
-
-/// Runs `f` on a fresh runtime and drops it afterwards, so the flusher task (and with it
-/// sled's lock) is gone before the next phase.
-fn phase<F: Future<Output = T>, T>(f: F) -> T {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(f)
-}
 
 /// Small preallocated segments, so the log spans several segment files.
 fn options() -> StorageOptions {

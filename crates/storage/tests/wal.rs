@@ -2,23 +2,14 @@
 //! then torn or garbage tails), recovery across segment rollover, purge and truncation,
 //! corruption of a non-tail segment, and the in-place upgrade from the sled log.
 
+mod common;
+use common::phase;
+
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
 use ravel_core::command::Command;
 use ravel_storage::{LogStore, Storage, StorageError, StorageOptions, TypeConfig, WalOptions};
-use std::future::Future;
 use std::path::{Path, PathBuf};
-
-/// Runs `f` on a fresh runtime and drops it afterwards, closing the storage (a clean "crash":
-/// whatever reached the page cache stays, nothing more is synced).
-fn phase<F: Future<Output = T>, T>(f: F) -> T {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(f)
-}
 
 /// Small segments roll over often; a small cache makes most reads go to the segment files.
 fn options(segment_bytes: u64, preallocate: bool) -> StorageOptions {
