@@ -86,8 +86,7 @@ impl Admin for FakeAdmin {
 }
 
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", ravel_testkit::free_port())
 }
 
 struct Node {
