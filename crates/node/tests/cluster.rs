@@ -86,8 +86,7 @@ impl Admin for FakeAdmin {
 }
 
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", ravel_testkit::free_port())
 }
 
 struct Node {
@@ -167,6 +166,7 @@ fn node_configs(dirs: &[tempfile::TempDir], admin_addr: &str) -> Vec<NodeConfig>
                 adminrpcaddr: admin_addr.to_owned(),
                 leader: i == 0,
                 snapshot_threshold: 50,
+                http: None,
             }
         })
         .collect()

@@ -61,8 +61,7 @@ impl Admin for FakeAdmin {
 }
 
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", ravel_testkit::free_port())
 }
 
 struct Node {
@@ -172,6 +171,7 @@ async fn start_leader(dir: &tempfile::TempDir, admin_addr: &str) -> Node {
         adminrpcaddr: admin_addr.to_owned(),
         leader: true,
         snapshot_threshold: 1_000,
+        http: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(ravel_node::run(config.clone(), stop.clone()));

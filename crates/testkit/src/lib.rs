@@ -38,12 +38,35 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// A free loopback port (bound then released; the kernel does not hand it out again at once).
+/// Test ports come from this range, below Linux's default ephemeral range (32768–60999): a port
+/// taken from the ephemeral range by binding port 0 and releasing it can be handed to some other
+/// socket's outgoing connection before the replica that was meant to get it binds it (seen in CI
+/// as a replica failing with "Address already in use" while another test opened many
+/// connections).
+const TEST_PORTS: std::ops::Range<u16> = 12_000..32_000;
+
+/// The next candidate in [`TEST_PORTS`]; starts at an offset derived from the process id so
+/// that test binaries running side by side mostly start far apart.
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A free loopback port, unique within this process: taken in turn from [`TEST_PORTS`] and
+/// checked by binding it (and released, for the process under test to bind).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        (std::process::id() * 997) % span + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let n = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let port = TEST_PORTS.start + u16::try_from(n % span).expect("span fits in u16");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 /// A running (or stopped) process with the command line that restarts it.
