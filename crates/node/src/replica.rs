@@ -1,9 +1,10 @@
-//! What the gRPC services of one replica share: its identity, its Raft handle and its reader,
-//! with the three questions every handler asks (is this my cluster, am I the leader, where is
-//! the leader). It also holds the two ways into Raft that the handlers use — a write (client
-//! data commands through the [`WriteBatcher`], others alone) and a linearizable read barrier
-//! (through the [`ReadIndex`] batcher) — so that the definite/unknown split of DESIGN §2.3
-//! lives in one place. This module must not speak gRPC.
+//! What the gRPC services of one replica share: its identity, its Raft handle and its reader, with
+//! the three questions every handler asks (is this my cluster, am I the leader, where is the
+//! leader). It also holds the two ways into Raft that the handlers use — a write (client data
+//! commands through the [`WriteBatcher`], others alone) and a linearizable read barrier (through
+//! the [`ReadIndex`] batcher) — so that the split between definite and unknown outcomes
+//! (`docs/design.md#definite-and-unknown-outcomes`) lives in one place. This module must not
+//! speak gRPC.
 
 use std::sync::Arc;
 use std::time::Duration;

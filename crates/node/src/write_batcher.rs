@@ -8,11 +8,11 @@
 //! [`MAX_BATCHES_IN_FLIGHT`] batches are in Raft, the next one fills up, so the batch size
 //! follows the load: one command alone is proposed as itself, with no batching delay.
 //!
-//! Definite vs unknown (DESIGN §2.3) is decided exactly as for a single write: a command that
-//! never reached `client_write` (queue full, leadership lost while queued) is refused
-//! definitely; once the batch is proposed, every failure is OUTCOME_UNKNOWN for each of its
-//! commands. The state machine applies a batch's commands in order, each as if alone, so
-//! fencing, CAS and versions are unchanged. This module must not speak gRPC.
+//! Definite vs unknown (`docs/design.md#definite-and-unknown-outcomes`) is decided exactly as for a
+//! single write: a command that never reached `client_write` (queue full, leadership lost while
+//! queued) is refused definitely; once the batch is proposed, every failure is OUTCOME_UNKNOWN for
+//! each of its commands. The state machine applies a batch's commands in order, each as if alone,
+//! so fencing, CAS and versions are unchanged. This module must not speak gRPC.
 
 use std::sync::Arc;
 use std::time::Duration;
