@@ -306,8 +306,8 @@ async fn metrics_probes_and_client_commands_on_a_running_cluster() -> Result<()>
     );
     assert_eq!(
         out.matches("leader").count(),
-        1,
-        "one replica listed as leader:\n{out}"
+        2,
+        "the admin and one replica listed as leader:\n{out}"
     );
     for name in &names {
         let grpc = &tc.node(name).grpc_addr;
