@@ -3,7 +3,8 @@
 //! Bodies are parsed as JSON whatever their `Content-Type`, read as raw bytes under
 //! `MAX_BODY_BYTES`. Values are kept as their exact JSON text (`RawValue`) from the request to
 //! the node and back, and responses splice the stored text in verbatim: `1.0` stays `1.0` and an
-//! object keeps its key order.
+//! object keeps its key order. A value nested deeper than `MAX_JSON_DEPTH` is refused (the
+//! depth is measured without recursion, in `json_depth`).
 //!
 //! The server is hyper's HTTP/1 connection builder driven by our own accept loop, not
 //! `axum::serve`, because it bounds what a client can hold: a header-read timeout (which in
@@ -15,7 +16,7 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::router::Router;
-use crate::{SharedState, cluster_view};
+use crate::{SharedState, cluster_view, json_depth};
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
@@ -396,10 +397,16 @@ fn key_of(raw: Option<&RawValue>) -> Result<String, ApiError> {
     check_key(key)
 }
 
+/// Checks a value against the contract: at most [`limits::MAX_VALUE_BYTES`] of JSON text, nested
+/// at most [`limits::MAX_JSON_DEPTH`] deep.
 fn check_value(raw: &RawValue) -> Result<&RawValue, ApiError> {
     let len = raw.get().len();
     if len > limits::MAX_VALUE_BYTES {
         return Err(ApiError::value_too_large(len));
+    }
+    let depth = json_depth::nesting_depth(raw.get().as_bytes());
+    if depth > limits::MAX_JSON_DEPTH {
+        return Err(ApiError::too_deeply_nested(depth));
     }
     Ok(raw)
 }
@@ -741,6 +748,89 @@ mod tests {
             value: b"{oops".to_vec(),
         };
         assert_eq!(code_of(record_json("k", "val", &garbage)), "internal");
+    }
+
+    /// `[[...]]` nested `depth` levels deep around `1`.
+    fn nested_array(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// A value nested exactly [`limits::MAX_JSON_DEPTH`] deep is accepted on both write bodies;
+    /// one level more (arrays or objects) is refused with 400 `too_deeply_nested`, and brackets
+    /// inside strings do not count.
+    #[test]
+    fn nesting_depth_limit_on_values() {
+        let max = limits::MAX_JSON_DEPTH;
+        let at_limit = nested_array(max);
+        assert_eq!(
+            parse_value_body(at_limit.as_bytes()).unwrap().get(),
+            at_limit
+        );
+        let body = format!(r#"{{"key":"k","val":{at_limit}}}"#);
+        assert_eq!(parse_put_body(body.as_bytes()).unwrap().1.get(), at_limit);
+
+        let over = nested_array(max + 1);
+        let err = parse_value_body(over.as_bytes()).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (400, "too_deeply_nested"));
+        assert!(
+            err.message.contains(&(max + 1).to_string()),
+            "{}",
+            err.message
+        );
+        let body = format!(r#"{{"key":"k","value":{over}}}"#);
+        assert_eq!(
+            code_of(parse_put_body(body.as_bytes())),
+            "too_deeply_nested"
+        );
+
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(max + 1), "}".repeat(max + 1));
+        assert_eq!(
+            code_of(parse_value_body(objects.as_bytes())),
+            "too_deeply_nested"
+        );
+        let brackets_in_string = format!(r#"["{}"]"#, "[".repeat(max * 2));
+        assert!(parse_value_body(brackets_in_string.as_bytes()).is_ok());
+    }
+
+    /// A 100,000-deep array (the stack-overflow attempt) sent to the real server gets 400
+    /// `too_deeply_nested` on both write routes, and the server goes on serving.
+    #[tokio::test]
+    async fn hostile_nesting_is_refused_and_the_server_keeps_serving() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let server = tokio::spawn(serve_http(listener, test_state(dir.path()), token.clone()));
+        let deep = nested_array(100_000);
+        let put_body = format!(r#"{{"key":"k","val":{deep}}}"#);
+        let requests = [
+            ("POST /put", put_body.as_str()),
+            ("PUT /v1/kv/k", deep.as_str()),
+            ("GET /livez", ""),
+        ];
+        for (line, body) in requests {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "{line} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(body.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut answer))
+                .await
+                .expect("the server answers")
+                .unwrap();
+            if body.is_empty() {
+                assert!(answer.starts_with("HTTP/1.1 200"), "{line}: {answer}");
+            } else {
+                assert!(answer.starts_with("HTTP/1.1 400"), "{line}: {answer}");
+                assert!(answer.contains("\"too_deeply_nested\""), "{line}: {answer}");
+            }
+        }
+        token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     }
 
     async fn call(

@@ -13,11 +13,13 @@
 //! - [`cluster_view`]: `/v1/cluster` and readiness.
 //! - [`router`]: the life of a client request from partition to leader and back.
 //! - [`http`]: the HTTP API with its limits, timeouts and connection cap.
+//! - `json_depth`: the nesting depth of a JSON value, measured without recursion.
 //! - [`error`]: the one mapping from routing errors to HTTP status codes and JSON bodies.
 
 pub mod cluster_view;
 pub mod error;
 pub mod http;
+mod json_depth;
 pub mod meta;
 pub mod mover;
 pub mod node_api;
