@@ -1,4 +1,5 @@
-//! The client HTTP API (DESIGN §5): routes, JSON parsing and validation, limits and the server.
+//! The client HTTP API (`docs/design.md#http-api`): routes, JSON parsing and validation, limits
+//! and the server.
 //!
 //! Bodies are parsed as JSON whatever their `Content-Type`, read as raw bytes under
 //! `MAX_BODY_BYTES`. Values are kept as their exact JSON text (`RawValue`) from the request to
@@ -28,13 +29,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ravel_core::command::Record;
 use ravel_core::limits;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,8 @@ pub struct HttpState {
 /// rewriting of any bare error (axum's own rejections included) into the JSON error shape.
 pub fn app(state: SharedState) -> axum::Router {
     // Install the recorder now, so that counting starts with the first request.
-    let _ = metrics_handle();
+    let _ = ravel_telemetry::prometheus();
+    crate::metrics::describe();
     let http_state = HttpState {
         router: Router::new(state.clone()),
         shared: state,
@@ -121,7 +122,7 @@ pub async fn serve_http(
     let max_connections = connection_cap();
     let connections = Arc::new(Semaphore::new(max_connections));
     let app = app(state);
-    let upkeep = spawn_metrics_upkeep(shutdown.clone());
+    let upkeep = ravel_telemetry::spawn_upkeep(shutdown.clone());
     tracing::info!(addr = ?listener.local_addr()?, max_connections, "serving the HTTP API");
 
     loop {
@@ -195,45 +196,6 @@ fn connection_cap() -> usize {
             MAX_HTTP_CONNECTIONS
         }
     }
-}
-
-// ------------------------------------------------------------------------------ metrics
-
-/// The process's Prometheus recorder, installed on first use. `None` when another recorder was
-/// installed first (then `/metrics` says so).
-pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new().set_buckets_for_metric(
-                Matcher::Suffix("_seconds".into()),
-                &[
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ],
-            );
-            match builder.and_then(PrometheusBuilder::install_recorder) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not install the Prometheus recorder");
-                    None
-                }
-            }
-        })
-        .as_ref()
-}
-
-fn spawn_metrics_upkeep(shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let handle = metrics_handle();
-    tokio::spawn(async move {
-        let Some(handle) = handle else { return };
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => handle.run_upkeep(),
-            }
-        }
-    })
 }
 
 // ------------------------------------------------------------------------------ middleware
@@ -595,15 +557,9 @@ async fn readyz(State(s): State<HttpState>) -> Result<Response, ApiError> {
     }
 }
 
-async fn metrics_text() -> Result<Response, ApiError> {
-    let handle = metrics_handle()
-        .ok_or_else(|| ApiError::internal("no Prometheus recorder is installed"))?;
-    let mut resp = (StatusCode::OK, Body::from(handle.render())).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    Ok(resp)
+async fn metrics_text(State(s): State<HttpState>) -> Result<Response, ApiError> {
+    crate::metrics::record_scrape_gauges(&s.shared);
+    ravel_telemetry::metrics_response().map_err(ApiError::internal)
 }
 
 #[cfg(test)]
