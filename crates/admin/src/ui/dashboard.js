@@ -101,13 +101,10 @@
       return;
     }
     section.hidden = false;
-    const rows = admins.map((a) =>
-      el('tr', { 'data-admin': a.grpc_addr },
-        el('td', { class: 'mono' }, a.grpc_addr),
-        el('td', { class: 'mono' }, a.http_addr),
-        el('td', null, roleBadge(a.role)),
-        el('td', null, health(a.healthy))));
-    byId('admins').replaceChildren(table([['gRPC address'], ['HTTP address'], ['role'], ['health']], rows));
+    byId('admins').replaceChildren(...admins.map((a) =>
+      el('span', { class: 'admin', 'data-admin': a.grpc_addr },
+        roleBadge(a.role), ' ', health(a.healthy),
+        el('span', { class: 'mono' }, ' gRPC ', a.grpc_addr, ' · HTTP ', a.http_addr))));
   }
 
   function replicaRow(replica, leader) {
