@@ -9,6 +9,7 @@
 //! writes the history there as `history.jsonl`; the [`ChaosReport`] names the offending keys and
 //! operations. This module must not decide what a test asserts: it reports, callers judge.
 
+pub mod figures;
 pub mod nemesis;
 pub mod verify;
 pub mod workload;
@@ -228,6 +229,8 @@ pub struct ChaosReport {
     pub ops_unknown: usize,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, u64>,
+    /// Availability, throughput, first write and longest write pause under each kind of fault.
+    pub per_fault: BTreeMap<String, figures::FaultFigures>,
     pub keys_checked: usize,
     /// One text per non-linearizable key (the checker's `Violation` display).
     pub violations: Vec<String>,
@@ -301,6 +304,9 @@ impl fmt::Display for ChaosReport {
             self.faults_total(),
             faults.join(", ")
         )?;
+        for (kind, figures) in &self.per_fault {
+            writeln!(f, "  under {kind}: {figures}")?;
+        }
         writeln!(
             f,
             "  keys checked: {}; violations: {}; lost writes: {}; undecided: {}; problems: {}",
@@ -395,6 +401,7 @@ pub async fn run(options: &ChaosOptions) -> Result<ChaosReport> {
     // The nemesis loop: rest, fault, hold, heal.
     let mut rng = StdRng::seed_from_u64(options.seed);
     let chaos_started = Instant::now();
+    let mut windows: Vec<figures::FaultWindow> = Vec::new();
     let (hold_min, hold_max) = scenario.hold();
     while chaos_started.elapsed() < options.duration {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
@@ -405,12 +412,18 @@ pub async fn run(options: &ChaosOptions) -> Result<ChaosReport> {
             &mut rng,
         );
         let at = chaos_started.elapsed();
+        let injected_at = recorder.now();
         match nemesis.inject(&mut tc, kind, &mut rng).await {
             Ok(Some((active, target))) => {
                 eprintln!("chaos {:>6.1?}: {} on {target}", at, kind.name());
                 *report.faults.entry(kind.name().to_owned()).or_default() += 1;
                 let hold = rng.random_range(hold_min..=hold_max);
                 tokio::time::sleep(hold).await;
+                windows.push(figures::FaultWindow {
+                    kind: kind.name(),
+                    start: injected_at,
+                    end: recorder.now(),
+                });
                 if let Err(e) = nemesis.heal(&mut tc, active).await {
                     report
                         .problems
@@ -428,6 +441,7 @@ pub async fn run(options: &ChaosOptions) -> Result<ChaosReport> {
         }
     }
     report.chaos_time = chaos_started.elapsed();
+    report.per_fault = figures::per_fault(&windows, &recorder.ops());
 
     // Heal everything, restart anything down, then stop the load.
     if let Err(e) = nemesis.heal_all(&mut tc).await {
