@@ -1,5 +1,5 @@
-//! What both mains share: the allocator, logging set-up and the signal that starts a graceful
-//! stop.
+//! What both mains share: the allocator, the logging flags and the signal that starts a
+//! graceful stop.
 
 use tokio_util::sync::CancellationToken;
 
@@ -9,16 +9,18 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Logs to stderr; `RUST_LOG` overrides the default filter, which keeps the chatty libraries
-/// (openraft, sled, h2, tower) at warnings.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true)
-        .init();
+/// The logging flags both `start` commands take.
+#[derive(clap::Args, Debug)]
+pub struct LogArgs {
+    /// Log lines as `text` (colours only on a terminal) or `json` (one object per line).
+    /// `RUST_LOG` sets the filter (default: info, libraries at warn).
+    #[arg(
+        long,
+        env = "RAVEL_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: ravel_telemetry::LogFormat,
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM, for a graceful stop.

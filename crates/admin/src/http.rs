@@ -26,13 +26,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ravel_core::command::Record;
 use ravel_core::limits;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +77,8 @@ pub struct HttpState {
 /// rewriting of any bare error (axum's own rejections included) into the JSON error shape.
 pub fn app(state: SharedState) -> axum::Router {
     // Install the recorder now, so that counting starts with the first request.
-    let _ = metrics_handle();
+    let _ = ravel_telemetry::prometheus();
+    crate::metrics::describe();
     let http_state = HttpState {
         router: Router::new(state.clone()),
         shared: state,
@@ -118,7 +118,7 @@ pub async fn serve_http(
     let max_connections = connection_cap();
     let connections = Arc::new(Semaphore::new(max_connections));
     let app = app(state);
-    let upkeep = spawn_metrics_upkeep(shutdown.clone());
+    let upkeep = ravel_telemetry::spawn_upkeep(shutdown.clone());
     tracing::info!(addr = ?listener.local_addr()?, max_connections, "serving the HTTP API");
 
     loop {
@@ -192,45 +192,6 @@ fn connection_cap() -> usize {
             MAX_HTTP_CONNECTIONS
         }
     }
-}
-
-// ------------------------------------------------------------------------------ metrics
-
-/// The process's Prometheus recorder, installed on first use. `None` when another recorder was
-/// installed first (then `/metrics` says so).
-pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new().set_buckets_for_metric(
-                Matcher::Suffix("_seconds".into()),
-                &[
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ],
-            );
-            match builder.and_then(PrometheusBuilder::install_recorder) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not install the Prometheus recorder");
-                    None
-                }
-            }
-        })
-        .as_ref()
-}
-
-fn spawn_metrics_upkeep(shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let handle = metrics_handle();
-    tokio::spawn(async move {
-        let Some(handle) = handle else { return };
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => handle.run_upkeep(),
-            }
-        }
-    })
 }
 
 // ------------------------------------------------------------------------------ middleware
@@ -586,15 +547,9 @@ async fn readyz(State(s): State<HttpState>) -> Result<Response, ApiError> {
     }
 }
 
-async fn metrics_text() -> Result<Response, ApiError> {
-    let handle = metrics_handle()
-        .ok_or_else(|| ApiError::internal("no Prometheus recorder is installed"))?;
-    let mut resp = (StatusCode::OK, Body::from(handle.render())).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    Ok(resp)
+async fn metrics_text(State(s): State<HttpState>) -> Result<Response, ApiError> {
+    crate::metrics::record_scrape_gauges(&s.shared);
+    ravel_telemetry::metrics_response().map_err(ApiError::internal)
 }
 
 #[cfg(test)]

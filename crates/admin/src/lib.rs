@@ -19,6 +19,7 @@ pub mod cluster_view;
 pub mod error;
 pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod mover;
 pub mod node_api;
 pub mod placement;

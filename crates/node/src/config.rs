@@ -27,6 +27,8 @@ pub struct PartialNodeConfig {
     /// YAML key `snapshot-threshold`, the long flag's name (`snapshot_threshold` also accepted).
     #[serde(rename = "snapshot-threshold", alias = "snapshot_threshold")]
     pub snapshot_threshold: Option<u64>,
+    /// YAML key `http`: where the replica serves `/livez`, `/readyz` and `/metrics`.
+    pub http: Option<String>,
 }
 
 impl PartialNodeConfig {
@@ -40,6 +42,7 @@ impl PartialNodeConfig {
             adminrpcaddr: over.adminrpcaddr.or(self.adminrpcaddr),
             leader: over.leader.or(self.leader),
             snapshot_threshold: over.snapshot_threshold.or(self.snapshot_threshold),
+            http: over.http.or(self.http),
         }
     }
 }
@@ -58,6 +61,8 @@ pub struct NodeConfig {
     pub adminrpcaddr: String,
     pub leader: bool,
     pub snapshot_threshold: u64,
+    /// Address of the replica's own HTTP endpoint (probes and `/metrics`); none by default.
+    pub http: Option<String>,
 }
 
 impl NodeConfig {
@@ -84,6 +89,7 @@ impl NodeConfig {
             snapshot_threshold: merged
                 .snapshot_threshold
                 .unwrap_or(DEFAULT_SNAPSHOT_THRESHOLD),
+            http: merged.http,
         };
         config.validate()?;
         Ok(config)
@@ -94,6 +100,14 @@ impl NodeConfig {
         check_addr("raftaddr", &self.raftaddr)?;
         check_addr("raft-advertise", &self.raft_advertise)?;
         check_addr("adminrpcaddr", &self.adminrpcaddr)?;
+        if let Some(http) = &self.http {
+            check_addr("http", http)?;
+            if http == &self.grpcaddr || http == &self.raftaddr {
+                return Err(NodeError::Config(format!(
+                    "--http must differ from --grpcaddr and --raftaddr (got {http})"
+                )));
+            }
+        }
         if self.grpcaddr == self.raftaddr {
             return Err(NodeError::Config(format!(
                 "--grpcaddr and --raftaddr must differ (both are {})",
@@ -175,6 +189,7 @@ mod tests {
                 adminrpcaddr: "127.0.0.1:6000".into(),
                 leader: true,
                 snapshot_threshold: 77,
+                http: None,
             }
         );
     }

@@ -50,43 +50,6 @@ impl ControlService {
         Self { replica }
     }
 
-    fn status(&self) -> StatusReply {
-        let r = &self.replica;
-        let metrics = r.raft.metrics();
-        let m = metrics.borrow();
-        let membership = m.membership_config.membership();
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let learners: Vec<NodeId> = membership.learner_ids().collect();
-        let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Shutdown => "shutdown",
-            _ if !voters.contains(&r.node_id) => "learner",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Follower => "follower",
-        };
-        let (assignment_epoch, serving_partitions) = r.reader.assignment();
-        StatusReply {
-            node_id: r.node_id,
-            cluster_id: r.cluster_id,
-            role: role.to_owned(),
-            term: m.current_term,
-            leader_id: m.current_leader.unwrap_or(0),
-            last_log_index: m.last_log_index.unwrap_or(0),
-            last_applied_index: m.last_applied.map_or(0, |l| l.index),
-            snapshot_index: m.snapshot.map_or(0, |l| l.index),
-            purged_index: m.purged.map_or(0, |l| l.index),
-            voters,
-            learners,
-            assignment_epoch,
-            serving_partitions,
-            key_count: r.reader.key_count(),
-            snapshots_installed: r.reader.snapshots_installed(),
-            raft_addr: r.raft_addr.clone(),
-            grpc_addr: r.grpc_addr.clone(),
-        }
-    }
-
     async fn join(&self, req: JoinRequest) -> Result<(), NodeError> {
         let r = &self.replica;
         r.check_cluster(req.cluster_id)?;
@@ -215,13 +178,50 @@ impl ControlService {
     }
 }
 
+/// What `replica` says of itself in a `Status` call (and on its `/readyz` and `/metrics`).
+pub fn status_of(r: &Replica) -> StatusReply {
+    let metrics = r.raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Shutdown => "shutdown",
+        _ if !voters.contains(&r.node_id) => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Follower => "follower",
+    };
+    let (assignment_epoch, serving_partitions) = r.reader.assignment();
+    StatusReply {
+        node_id: r.node_id,
+        cluster_id: r.cluster_id,
+        role: role.to_owned(),
+        term: m.current_term,
+        leader_id: m.current_leader.unwrap_or(0),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        last_applied_index: m.last_applied.map_or(0, |l| l.index),
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        purged_index: m.purged.map_or(0, |l| l.index),
+        voters,
+        learners,
+        assignment_epoch,
+        serving_partitions,
+        key_count: r.reader.key_count(),
+        snapshots_installed: r.reader.snapshots_installed(),
+        raft_addr: r.raft_addr.clone(),
+        grpc_addr: r.grpc_addr.clone(),
+    }
+}
+
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn status(
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
-        Ok(Response::new(ControlService::status(self)))
+        Ok(Response::new(status_of(&self.replica)))
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {

@@ -7,6 +7,7 @@
 //! retry: the admin decides what is safe to retry.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use ravel_core::command::{Command, CommandResult, Record};
 use ravel_core::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -115,10 +116,21 @@ pub(crate) fn refusal(result: CommandResult) -> NodeError {
     }
 }
 
+/// Counts one data request by method and outcome code, and times it.
+fn observe(method: &'static str, started: Instant, error: Option<&NodeError>) {
+    let code = error.map_or("ok", NodeError::code);
+    metrics::counter!("ravel_node_requests_total", "method" => method, "code" => code).increment(1);
+    metrics::histogram!("ravel_node_request_duration_seconds", "method" => method)
+        .record(started.elapsed().as_secs_f64());
+}
+
 #[tonic::async_trait]
 impl Data for DataService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
-        let reply = match DataService::put(self, request.into_inner()).await {
+        let started = Instant::now();
+        let outcome = DataService::put(self, request.into_inner()).await;
+        observe("put", started, outcome.as_ref().err());
+        let reply = match outcome {
             Ok(version) => PutReply {
                 version,
                 error: None,
@@ -132,7 +144,10 @@ impl Data for DataService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
-        let reply = match DataService::get(self, request.into_inner()).await {
+        let started = Instant::now();
+        let outcome = DataService::get(self, request.into_inner()).await;
+        observe("get", started, outcome.as_ref().err());
+        let reply = match outcome {
             Ok(Some(record)) => GetReply {
                 found: true,
                 value: record.value.into(),
@@ -152,7 +167,10 @@ impl Data for DataService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteReply>, Status> {
-        let reply = match DataService::delete(self, request.into_inner()).await {
+        let started = Instant::now();
+        let outcome = DataService::delete(self, request.into_inner()).await;
+        observe("delete", started, outcome.as_ref().err());
+        let reply = match outcome {
             Ok(deleted) => DeleteReply {
                 deleted,
                 error: None,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod control_service;
 pub mod data_service;
 pub mod error;
+pub mod http;
 pub mod identity;
 pub mod kill;
 pub mod membership;
@@ -131,7 +132,7 @@ async fn run_replica(
     // Not a child of `shutdown`: the servers stop when `wait_for_stop` says so, after it has
     // seen the shutdown, so that a server ending is only ever an unexpected failure.
     let servers_stop = CancellationToken::new();
-    let servers = match serve(&config, &replica, &servers_stop).await {
+    let servers = match serve(&config, &replica, &storage, &servers_stop).await {
         Ok(servers) => servers,
         Err(e) => {
             stop_raft_and_storage(&raft, &storage).await;
@@ -143,16 +144,20 @@ async fn run_replica(
         raft = %config.raftaddr,
         raft_advertise = %config.raft_advertise,
         grpc = %config.grpcaddr,
+        http = config.http.as_deref().unwrap_or("off"),
         "replica serving"
     );
     let admin = membership::admin_client(&config.adminrpcaddr)?;
     // The background tasks get their own token so that they also stop when a server fails.
     let tasks_stop = shutdown.child_token();
-    let mut tasks = vec![tokio::spawn(membership::leader_reporter(
-        replica.clone(),
-        admin.clone(),
-        tasks_stop.clone(),
-    ))];
+    let mut tasks = vec![
+        tokio::spawn(membership::leader_reporter(
+            replica.clone(),
+            admin.clone(),
+            tasks_stop.clone(),
+        )),
+        tokio::spawn(http::count_raft_events(replica.clone(), tasks_stop.clone())),
+    ];
     if !identity.bootstrap {
         tasks.push(tokio::spawn(membership::join_loop(
             replica.clone(),
@@ -234,14 +239,19 @@ async fn start_raft(
     Ok(raft)
 }
 
-/// Binds both listeners and spawns both gRPC servers.
+/// Binds every listener and spawns both gRPC servers, and the HTTP endpoint with `--http`.
 async fn serve(
     config: &NodeConfig,
     replica: &Arc<Replica>,
+    storage: &Storage,
     stop: &CancellationToken,
 ) -> Result<Vec<JoinHandle<Result<(), NodeError>>>, NodeError> {
     let raft_listener = bind(&config.raftaddr).await?;
     let grpc_listener = bind(&config.grpcaddr).await?;
+    let http_listener = match &config.http {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let raft_service = RaftTransportServer::new(RaftService::new(
         replica.cluster_id,
         replica.node_id,
@@ -287,7 +297,18 @@ async fn serve(
                 message: e.to_string(),
             })
     });
-    Ok(vec![raft_task, grpc_task])
+    let mut servers = vec![raft_task, grpc_task];
+    if let Some(listener) = http_listener {
+        servers.push(tokio::spawn(http::serve(
+            listener,
+            http::HttpState {
+                replica: replica.clone(),
+                storage: storage.clone(),
+            },
+            stop.clone(),
+        )));
+    }
+    Ok(servers)
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, NodeError> {

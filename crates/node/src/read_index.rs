@@ -90,6 +90,8 @@ async fn run(mut rx: mpsc::Receiver<Waiter>, raft: Raft, node_id: NodeId) {
                 Err(_) => break,
             }
         }
+        #[allow(clippy::cast_precision_loss)] // Prometheus samples are f64.
+        metrics::histogram!("ravel_node_read_index_round_reads").record(round.len() as f64);
         let outcome = confirm(&raft, node_id).await;
         for waiter in round {
             // The reader may have given up waiting; nothing to tell it then.

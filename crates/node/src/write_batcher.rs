@@ -126,6 +126,8 @@ async fn propose(raft: Raft, node_id: NodeId, batch: Vec<Queued>, _slot: OwnedSe
     }
     let (mut commands, replies): (Vec<Command>, Vec<Reply>) =
         batch.into_iter().map(|q| (q.command, q.reply)).unzip();
+    #[allow(clippy::cast_precision_loss)] // Prometheus samples are f64.
+    metrics::histogram!("ravel_node_write_batch_commands").record(commands.len() as f64);
     let command = if commands.len() == 1 {
         commands.pop().expect("one command")
     } else {

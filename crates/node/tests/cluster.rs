@@ -166,6 +166,7 @@ fn node_configs(dirs: &[tempfile::TempDir], admin_addr: &str) -> Vec<NodeConfig>
                 adminrpcaddr: admin_addr.to_owned(),
                 leader: i == 0,
                 snapshot_threshold: 50,
+                http: None,
             }
         })
         .collect()

@@ -171,6 +171,7 @@ async fn start_leader(dir: &tempfile::TempDir, admin_addr: &str) -> Node {
         adminrpcaddr: admin_addr.to_owned(),
         leader: true,
         snapshot_threshold: 1_000,
+        http: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(ravel_node::run(config.clone(), stop.clone()));

@@ -23,6 +23,7 @@ mod codec;
 mod error;
 mod flusher;
 mod log_store;
+mod metrics;
 mod snapshot;
 mod state_machine;
 mod types;
@@ -30,6 +31,7 @@ mod wal;
 
 pub use error::StorageError;
 pub use log_store::LogStore;
+pub use metrics::describe_metrics;
 pub use snapshot::SnapshotBuilder;
 pub use state_machine::{SmReader, StateMachine};
 pub use types::{PartitionScan, PartitionState, Raft, RavelNode, ReadRefused, TypeConfig};

@@ -905,9 +905,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.shared
+        let started = std::time::Instant::now();
+        let results = self
+            .shared
             .apply_entries(entries)
-            .raft(Op::WriteStateMachine)
+            .raft(Op::WriteStateMachine)?;
+        crate::metrics::record_apply(started.elapsed(), results.len());
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

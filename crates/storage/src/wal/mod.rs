@@ -809,7 +809,9 @@ fn sync_loop(shared: &Shared) {
             (waiters, target)
         };
         let outcome = target.and_then(|(seq, file, upto)| {
+            let started = std::time::Instant::now();
             let result = shared.options.sync.sync(&file);
+            crate::metrics::record_log_sync(started.elapsed(), waiters.len());
             let mut state = shared.lock();
             match result {
                 Ok(()) => {
