@@ -53,3 +53,18 @@ if command -v systemd-analyze >/dev/null; then
 else
   echo "skipped: systemd-analyze is not installed (apt-get install systemd)"
 fi
+# The units pass every setting in the environment: each RAVEL_* variable they or their example
+# environment files set must be one that `start` reads (its --help lists them as [env: NAME=]).
+for pair in ravel-admin.service:admin.env:ravel_admin ravel-node@.service:node.env:ravel_node; do
+  IFS=: read -r unit env_file binary <<<"$pair"
+  help=$("$bin_dir/$binary" start --help)
+  names=$(grep -ohE '\bRAVEL_[A-Z_]+=' "$repo/deploy/systemd/$unit" "$repo/deploy/systemd/$env_file" \
+    | sort -u | tr -d =)
+  for name in $names; do
+    case $help in
+      *"[env: $name="*) ;;
+      *) echo "FAILED: $unit or $env_file sets $name, which $binary start does not read" >&2; exit 1 ;;
+    esac
+  done
+  echo "ok: $unit and $env_file set only variables $binary start reads ($(echo "$names" | wc -l))"
+done

@@ -5,8 +5,9 @@ fit Ravel-rs.
 - every Service and PodDisruptionBudget selects pods that some StatefulSet makes;
 - every StatefulSet names a headless Service, is Parallel, claims its data volume, and each
   of its containers has resource requests and limits;
-- every replica pod starts `ravel_node start` with `--http` on the port its readiness (/readyz)
-  and liveness (/livez) probes use, and every admin pod likewise with the admin's `--http`;
+- every replica pod starts `ravel_node start` with `--http` on the port its readiness (/readyz),
+  startup and liveness (/livez) probes use, and every admin pod likewise with the admin's
+  `--http`;
 - seed pods (and only they) pass -l, and replica pods wait for every seed before they start, so
   that all clusters exist when the admin places them;
 - one budget covers every replica pod with maxUnavailable 1.
@@ -60,7 +61,8 @@ def check_probes(name, container):
     http = flag_value(args, "--http")
     check(http is not None, f"{name}: {args[0]} is started with --http")
     http_port = int(http.rsplit(":", 1)[1])
-    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez"),
+                        ("startupProbe", "/livez")):
         get = container.get(probe, {}).get("httpGet", {})
         check(get.get("path") == path, f"{name}: {probe} is httpGet {path}")
         check(port_number(container, get.get("port")) == http_port,

@@ -40,6 +40,7 @@ on_exit() {
   if [ "$rc" != 0 ]; then
     echo "--- the cluster as the admin sees it:" >&2
     curl -s "$api/v1/cluster" >&2 || true
+    echo >&2
     echo "--- containers and their last log lines:" >&2
     compose ps >&2 || true
     compose logs --no-color --tail 25 >&2 || true
