@@ -15,7 +15,7 @@
 # `cargo test` builds; target/release works too).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-# shellcheck source=tests/scripts/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$repo/tests/scripts/lib.sh"
 bin_dir=${BIN_DIR:-$repo/target/debug}
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Tests install.sh as a user runs it: it builds and installs both binaries into a temporary
 # PREFIX, they run, running it again (even while an installed binary is running) replaces them
-# and leaves nothing behind, --uninstall removes them, and without cargo on PATH it stops with a
-# message saying how to get cargo.
+# and leaves nothing behind, the default PREFIX is ~/.local/bin for a user and /usr/local/bin for
+# root, --uninstall removes them, and without cargo on PATH it stops with a message saying how to
+# get cargo.
 #
 # The build goes through the same `cargo build --locked` as the default, with the dev profile
 # (INSTALL_TEST_PROFILE, default dev): `cargo test` has built nearly all of it already, while a
 # release build would cost CI ten minutes.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-# shellcheck source=tests/scripts/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$repo/tests/scripts/lib.sh"
 install_sh=$repo/install.sh
 profile=${INSTALL_TEST_PROFILE:-dev}
@@ -69,6 +70,36 @@ if out=$("$install_sh" --prefix "$other" --profile no-such-profile --no-build 2>
   fail "--no-build with nothing built succeeded: $out"
 fi
 expect_contains "--no-build with nothing built says what is missing" "$out" "does not exist"
+
+step "the default PREFIX"
+# As a user: ~/.local/bin. Run as that user when this runs as root (and the user can read the
+# work tree); run as is otherwise.
+home=$work/home
+mkdir -p "$home"
+as_user=()
+if [ "$(id -u)" = 0 ]; then
+  chown 65534:65534 "$home"
+  chmod 711 "$work" # mktemp's 700 would keep the user out of its home
+  as_user=(setpriv --reuid 65534 --regid 65534 --clear-groups)
+fi
+if "${as_user[@]}" test -x "$repo/target/debug/ravel_admin" 2>/dev/null; then
+  "${as_user[@]}" env -u PREFIX HOME="$home" "$install_sh" --profile "$profile" --no-build >/dev/null 2>&1 \
+    || fail "install.sh as a user failed"
+  [ -x "$home/.local/bin/ravel_admin" ] || fail "as a user, nothing was installed into ~/.local/bin"
+  pass "as a user, the default PREFIX is ~/.local/bin"
+else
+  echo "skipped: the unprivileged user cannot read $repo"
+fi
+# As root: /usr/local/bin, seen here through a private mount namespace with a scratch
+# /usr/local/bin, so that the machine's own is left alone.
+if [ "$(id -u)" = 0 ] && unshare --mount true 2>/dev/null; then
+  out=$(unshare --mount bash -c 'mount -t tmpfs scratch /usr/local/bin && "$@" && ls /usr/local/bin' \
+    _ env -u PREFIX "$install_sh" --profile "$profile" --no-build 2>&1) \
+    || fail "install.sh as root without PREFIX failed: $out"
+  expect_contains "as root, the default PREFIX is /usr/local/bin" "$out" "installed /usr/local/bin/ravel_node"
+else
+  echo "skipped: the root default (needs root and unshare)"
+fi
 
 step "--uninstall"
 out=$("$install_sh" --prefix "$prefix" --uninstall 2>&1) || fail "--uninstall failed: $out"
