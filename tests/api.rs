@@ -1,5 +1,5 @@
-//! End-to-end contract tests of the admin's HTTP API (DESIGN §5) against the real binaries:
-//! an admin and one cluster of three replicas on loopback.
+//! End-to-end contract tests of the admin's HTTP API (`docs/design.md#http-api`) against the real
+//! binaries: an admin and one cluster of three replicas on loopback.
 
 mod common;
 

@@ -154,7 +154,15 @@ pub async fn cluster_view(state: &AdminState) -> Value {
             })
         })
         .collect();
+    // One admin until the admin group of issue 8: it leads itself and answers this page.
+    let admins = vec![json!({
+        "grpc_addr": state.addrs.grpc,
+        "http_addr": state.addrs.http,
+        "role": "leader",
+        "healthy": true,
+    })];
     json!({
+        "admins": admins,
         "partitions": meta.partitions,
         "epoch": epoch,
         "assignment_epoch": assignment_epoch,

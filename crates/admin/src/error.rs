@@ -5,7 +5,8 @@
 //! Every HTTP error the admin sends, whether from validation, routing, a timeout or axum itself,
 //! goes through [`ApiError`], so the body is always `{"error": <message>, "code": <code>}`.
 //!
-//! The promise kept here (DESIGN §2.3, §5): a 503 only when the request was certainly not applied;
+//! The promise kept here (`docs/design.md#definite-and-unknown-outcomes` and
+//! `#status-and-error-codes`): a 503 only when the request was certainly not applied;
 //! an error after a write may have been proposed is a 504 `outcome_unknown`; 404 only ever means
 //! "no such key". This module must not route, parse or log requests: it only maps.
 

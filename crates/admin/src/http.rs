@@ -1,4 +1,5 @@
-//! The client HTTP API (DESIGN §5): routes, JSON parsing and validation, limits and the server.
+//! The client HTTP API (`docs/design.md#http-api`): routes, JSON parsing and validation, limits
+//! and the server.
 //!
 //! Bodies are parsed as JSON whatever their `Content-Type`, read as raw bytes under
 //! `MAX_BODY_BYTES`. Values are kept as their exact JSON text (`RawValue`) from the request to

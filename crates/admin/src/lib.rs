@@ -50,6 +50,15 @@ pub struct AdminState {
     pub placement: placement::Placement,
     /// Wakes the mover and holds its live copy progress.
     pub mover: mover::Mover,
+    /// The addresses this admin serves on, as `/v1/cluster` lists them under `admins`.
+    pub addrs: AdminAddrs,
+}
+
+/// Where one admin serves: replicas call `grpc`, clients `http`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminAddrs {
+    pub grpc: String,
+    pub http: String,
 }
 
 impl AdminState {
@@ -61,6 +70,7 @@ impl AdminState {
             pool: pool::NodePool::new(),
             placement: placement::Placement::new(),
             mover: mover::Mover::new(),
+            addrs: AdminAddrs::default(),
         }
     }
 }
@@ -170,7 +180,13 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     let http_listener = bind("HTTP", http).await?;
     tracing::info!(%grpc, %http, "admin listening");
 
-    let state: SharedState = Arc::new(AdminState::new(meta));
+    let state: SharedState = Arc::new(AdminState {
+        addrs: AdminAddrs {
+            grpc: grpc_listener.local_addr().unwrap_or(grpc).to_string(),
+            http: http_listener.local_addr().unwrap_or(http).to_string(),
+        },
+        ..AdminState::new(meta)
+    });
     // Stops every task when `shutdown` is cancelled or when one server fails.
     let stop = shutdown.child_token();
 

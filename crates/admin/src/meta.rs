@@ -47,7 +47,9 @@ const STATE_FORMAT_V1: u8 = 1;
 const STATE_FORMAT_V2: u8 = 2;
 
 /// sled 0.34's data file inside its directory; fsynced by hand because sled's own flush is not a
-/// full fsync on Linux (see `notes/libraries.md` §3.2). Tied to sled's file layout, pinned `=0.34.7`.
+/// full fsync on Linux: it ends in `sync_file_range`, which flushes neither the drive's write
+/// cache nor a grown file size (the storage crate's `flusher` module says more). Tied to sled's
+/// file layout, pinned `=0.34.7`.
 const SLED_DATA_FILE: &str = "db";
 
 /// A replica known to the admin.

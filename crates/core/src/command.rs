@@ -1,13 +1,13 @@
 //! The commands a cluster's Raft log carries, and the answers its state machine gives.
 //!
 //! Every data command names its partition, so that the state machine can refuse, in log order,
-//! a command for a partition it does not serve (ownership fencing, DESIGN §4). A refusal or a
+//! a command for a partition it does not serve (`docs/design.md#ownership-fencing`). A refusal or a
 //! CAS mismatch is a deterministic *answer* recorded with the entry, not an error.
 //!
 //! Moving a partition between clusters is a sequence of [`MigrationStep`]s, each one a
-//! [`Command::Migrate`] entry in the log of the source or the target cluster (see DESIGN §4,
-//! and the storage crate's state machine for the transitions). This module only
-//! names the commands and their answers; it must not decide transitions or do I/O.
+//! [`Command::Migrate`] entry in the log of the source or the target cluster (see
+//! `docs/design.md#partition-states`, and the storage crate's state machine for the transitions).
+//! This module only names the commands and their answers; it must not decide transitions or do I/O.
 
 use crate::PartitionId;
 use serde::{Deserialize, Serialize};
@@ -59,8 +59,8 @@ pub enum Command {
     Batch(Vec<Command>),
 }
 
-/// What a cluster does with one partition (DESIGN §4). A partition with no state ("absent") is
-/// not served and was never moved here.
+/// What a cluster does with one partition (`docs/design.md#partition-states`). A partition with no
+/// state ("absent") is not served and was never moved here.
 ///
 /// The discriminants are the bytes the storage crate stores on disk, and the variant order is
 /// the snapshot encoding: never renumber or reorder, only append.

@@ -1,8 +1,9 @@
 //! Named limits and timeouts, with their units in their names.
 //!
 //! Every input a client can send is bounded here, before it can reach a Raft log. The numbers
-//! follow DESIGN §5: keys up to 1 KiB, values up to 1 MiB, whole request bodies up to 1.5 MiB
-//! (a 1 MiB value plus its key and JSON framing, with room to spare).
+//! follow the interface contract (`docs/design.md#limits-and-timeouts`): keys up to 1 KiB, values
+//! up to 1 MiB, whole request bodies up to 1.5 MiB (a 1 MiB value plus its key and JSON framing,
+//! with room to spare).
 
 /// Largest key, in bytes of its UTF-8 encoding.
 pub const MAX_KEY_BYTES: usize = 1024;

@@ -5,12 +5,12 @@
 //! acknowledged writes. If the admin cannot be reached or refuses, nothing is deleted.
 //!
 //! Removing the last replica of a cluster that owns partitions first drains them to the other
-//! clusters (DESIGN §4). The admin starts the drain on the first `RemoveReplica` call and answers
-//! `done = false` with the progress; `kill` repeats the call every [`DRAIN_POLL_MS`] until the
-//! admin answers `done`, for at most [`DRAIN_TIMEOUT_MS`], and only then stops the process and
-//! deletes the directory. Once the admin has answered, a moment in which it cannot be reached
-//! (it restarts; moves resume from its persisted plan) is waited out within the same bound.
-//! This module must not change the membership itself.
+//! clusters (`docs/design.md#draining-and-removing-a-cluster`). The admin starts the drain on the
+//! first `RemoveReplica` call and answers `done = false` with the progress; `kill` repeats the call
+//! every [`DRAIN_POLL_MS`] until the admin answers `done`, for at most [`DRAIN_TIMEOUT_MS`], and
+//! only then stops the process and deletes the directory. Once the admin has answered, a moment in
+//! which it cannot be reached (it restarts; moves resume from its persisted plan) is waited out
+//! within the same bound. This module must not change the membership itself.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;

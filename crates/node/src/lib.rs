@@ -18,6 +18,7 @@ pub mod config;
 pub mod control_service;
 pub mod data_service;
 pub mod error;
+pub mod handover;
 pub mod http;
 pub mod identity;
 pub mod kill;
@@ -165,7 +166,11 @@ async fn run_replica(
             tasks_stop.clone(),
         )));
     }
-    let outcome = wait_for_stop(servers, &servers_stop, &shutdown).await;
+    let outcome = wait_for_stop(servers, &servers_stop, &shutdown, async {
+        // The servers still run: the successor's vote must reach this replica.
+        handover::hand_over(&replica).await;
+    })
+    .await;
     tracing::info!("stopping the replica");
     tasks_stop.cancel();
     for task in tasks {
@@ -318,16 +323,18 @@ async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
     })
 }
 
-/// Waits for `shutdown`, or for a server to fail; then stops both servers and joins them.
+/// Waits for `shutdown` and then runs `before_stop` (the leadership hand-over), or for a server
+/// to fail; then stops every server and joins them.
 async fn wait_for_stop(
     mut servers: Vec<JoinHandle<Result<(), NodeError>>>,
     servers_stop: &CancellationToken,
     shutdown: &CancellationToken,
+    before_stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let mut outcome = Ok(());
     tokio::select! {
         biased;
-        () = shutdown.cancelled() => {}
+        () = shutdown.cancelled() => before_stop.await,
         (first, index, _) = futures_select_all(&mut servers) => {
             outcome = Err(server_result(first).err().unwrap_or_else(|| NodeError::Serve {
                 addr: String::new(),

@@ -1,5 +1,5 @@
-//! The node's side of partition migration (DESIGN §4): the `Control.Migrate` and
-//! `Control.ScanPartition` handlers, called by the admin's mover.
+//! The node's side of partition migration (`docs/design.md#the-steps-of-a-move`): the
+//! `Control.Migrate` and `Control.ScanPartition` handlers, called by the admin's mover.
 //!
 //! Both are leader-only. `Migrate` turns a wire step into a `Command::Migrate` and proposes it
 //! through [`Replica::write`], so the split between definite answers (NOT_LEADER before the

@@ -14,6 +14,7 @@ use ravel_storage::{Raft, TypeConfig};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::handover::TimeoutNow;
 use crate::raft_net::{FatalOr, SnapshotResult, decode, encode};
 
 /// The Raft transport service of one replica.
@@ -97,6 +98,45 @@ impl RaftTransport for RaftService {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload).map_err(bad_payload)?;
         let answer: SnapshotResult = self.raft.install_snapshot(rpc).await;
         reply(&answer)
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let payload = self.accept(request.into_inner())?;
+        let rpc: TimeoutNow = decode(&payload).map_err(bad_payload)?;
+        reply(&self.campaign(&rpc).await)
+    }
+}
+
+impl RaftService {
+    /// Starts an election at once for a stopping leader's hand-over (see `handover`), if this
+    /// replica is a voter whose log holds everything the leader has.
+    async fn campaign(&self, rpc: &TimeoutNow) -> Result<(), String> {
+        let (is_voter, last_index) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (
+                m.membership_config.voter_ids().any(|id| id == self.node_id),
+                m.last_log_index.unwrap_or(0),
+            )
+        };
+        if !is_voter {
+            return Err(format!("node {} is not a voter", self.node_id));
+        }
+        if last_index < rpc.leader_last_log_index {
+            return Err(format!(
+                "node {} holds the log up to {last_index}, the leader up to {}",
+                self.node_id, rpc.leader_last_log_index
+            ));
+        }
+        tracing::info!(from = rpc.leader, "the leader hands over: campaigning now");
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| format!("Raft is stopped: {e}"))
     }
 }
 

@@ -1,10 +1,12 @@
-//! What the gRPC services of one replica share: its identity, its Raft handle and its reader,
-//! with the three questions every handler asks (is this my cluster, am I the leader, where is
-//! the leader). It also holds the two ways into Raft that the handlers use — a write (client
-//! data commands through the [`WriteBatcher`], others alone) and a linearizable read barrier
-//! (through the [`ReadIndex`] batcher) — so that the definite/unknown split of DESIGN §2.3
-//! lives in one place. This module must not speak gRPC.
+//! What the gRPC services of one replica share: its identity, its Raft handle and its reader, with
+//! the three questions every handler asks (is this my cluster, am I the leader, where is the
+//! leader). It also holds the two ways into Raft that the handlers use — a write (client data
+//! commands through the [`WriteBatcher`], others alone) and a linearizable read barrier (through
+//! the [`ReadIndex`] batcher) — so that the split between definite and unknown outcomes
+//! (`docs/design.md#definite-and-unknown-outcomes`) lives in one place. This module must not
+//! speak gRPC.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -31,8 +33,39 @@ pub struct Replica {
     pub reader: SmReader,
     pub raft_addr: String,
     pub grpc_addr: String,
+    /// Closed while a stopping leader hands its leadership over (see [`ProposalGate`]).
+    pub gate: Arc<ProposalGate>,
     writes: WriteBatcher,
     reads: ReadIndex,
+}
+
+/// Every proposal to Raft passes this gate, and holds it open while it is in Raft. A leader
+/// about to stop closes it ([`ProposalGate::close`]): that waits for every proposal in flight
+/// to be answered and makes every later one a definite NOT_LEADER pointing at the successor,
+/// so the leader's log stops growing and the successor can match it before it campaigns.
+#[derive(Debug, Default)]
+pub struct ProposalGate {
+    closed_for: tokio::sync::RwLock<Option<NotLeader>>,
+}
+
+/// Held by a proposal while it is in Raft; the gate cannot close until it is dropped.
+pub type ProposalPass<'a> = tokio::sync::RwLockReadGuard<'a, Option<NotLeader>>;
+
+impl ProposalGate {
+    /// A pass to propose, or NOT_LEADER (nothing proposed) when the gate is closed.
+    pub async fn enter(&self) -> Result<ProposalPass<'_>, NotLeader> {
+        let pass = self.closed_for.read().await;
+        match &*pass {
+            None => Ok(pass),
+            Some(successor) => Err(successor.clone()),
+        }
+    }
+
+    /// Closes the gate once every proposal in flight has been answered; later proposals are
+    /// refused with `successor` as the leader hint.
+    pub async fn close(&self, successor: NotLeader) {
+        *self.closed_for.write().await = Some(successor);
+    }
 }
 
 /// "Not the leader", with the best hint known of who is. Nothing was proposed.
@@ -107,8 +140,10 @@ impl Replica {
         raft_addr: String,
         grpc_addr: String,
     ) -> Self {
+        let gate = Arc::new(ProposalGate::default());
         Self {
-            writes: WriteBatcher::start(raft.clone(), node_id),
+            writes: WriteBatcher::start(raft.clone(), node_id, gate.clone()),
+            gate,
             reads: ReadIndex::start(raft.clone(), node_id),
             node_id,
             cluster_id,
@@ -157,6 +192,8 @@ impl Replica {
             }
             _ => {
                 tokio::time::timeout(deadline, async {
+                    let _pass = self.gate.enter().await?;
+                    self.ensure_leader()?;
                     self.raft
                         .client_write(command)
                         .await

@@ -8,11 +8,11 @@
 //! [`MAX_BATCHES_IN_FLIGHT`] batches are in Raft, the next one fills up, so the batch size
 //! follows the load: one command alone is proposed as itself, with no batching delay.
 //!
-//! Definite vs unknown (DESIGN §2.3) is decided exactly as for a single write: a command that
-//! never reached `client_write` (queue full, leadership lost while queued) is refused
-//! definitely; once the batch is proposed, every failure is OUTCOME_UNKNOWN for each of its
-//! commands. The state machine applies a batch's commands in order, each as if alone, so
-//! fencing, CAS and versions are unchanged. This module must not speak gRPC.
+//! Definite vs unknown (`docs/design.md#definite-and-unknown-outcomes`) is decided exactly as for a
+//! single write: a command that never reached `client_write` (queue full, leadership lost while
+//! queued) is refused definitely; once the batch is proposed, every failure is OUTCOME_UNKNOWN for
+//! each of its commands. The state machine applies a batch's commands in order, each as if alone,
+//! so fencing, CAS and versions are unchanged. This module must not speak gRPC.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use ravel_storage::Raft;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::error::NodeError;
-use crate::replica::{WRITE_TIMEOUT_MS, check_leader};
+use crate::replica::{ProposalGate, WRITE_TIMEOUT_MS, check_leader};
 
 /// Most client commands one batch entry carries.
 pub const MAX_BATCH_COMMANDS: usize = 512;
@@ -54,11 +54,12 @@ pub struct WriteBatcher {
 }
 
 impl WriteBatcher {
-    /// Starts the batching task for `raft` (the replica `node_id`); must run inside tokio.
+    /// Starts the batching task for `raft` (the replica `node_id`), whose proposals pass
+    /// `gate`; must run inside tokio.
     #[must_use]
-    pub fn start(raft: Raft, node_id: NodeId) -> Self {
+    pub fn start(raft: Raft, node_id: NodeId, gate: Arc<ProposalGate>) -> Self {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        tokio::spawn(run(rx, raft, node_id));
+        tokio::spawn(run(rx, raft, node_id, gate));
         Self { tx }
     }
 
@@ -84,7 +85,7 @@ impl WriteBatcher {
 }
 
 /// The batching loop: wait for a free slot, take everything queued, propose it.
-async fn run(mut rx: mpsc::Receiver<Queued>, raft: Raft, node_id: NodeId) {
+async fn run(mut rx: mpsc::Receiver<Queued>, raft: Raft, node_id: NodeId, gate: Arc<ProposalGate>) {
     let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -101,7 +102,7 @@ async fn run(mut rx: mpsc::Receiver<Queued>, raft: Raft, node_id: NodeId) {
                 Err(_) => break,
             }
         }
-        tokio::spawn(propose(raft.clone(), node_id, batch, slot));
+        tokio::spawn(propose(raft.clone(), node_id, gate.clone(), batch, slot));
     }
 }
 
@@ -115,10 +116,21 @@ fn command_bytes(command: &Command) -> usize {
 }
 
 /// Proposes one batch and hands each command its answer.
-async fn propose(raft: Raft, node_id: NodeId, batch: Vec<Queued>, _slot: OwnedSemaphorePermit) {
-    // Leadership may have moved while the commands waited: then nothing is proposed, and
-    // NOT_LEADER is a definite answer.
-    if let Err(not_leader) = check_leader(&raft, node_id) {
+async fn propose(
+    raft: Raft,
+    node_id: NodeId,
+    gate: Arc<ProposalGate>,
+    batch: Vec<Queued>,
+    _slot: OwnedSemaphorePermit,
+) {
+    // Leadership may have moved (or be being handed over) while the commands waited: then
+    // nothing is proposed, and NOT_LEADER is a definite answer.
+    let pass = gate.enter().await;
+    if let Err(not_leader) = pass
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|_| check_leader(&raft, node_id))
+    {
         for queued in batch {
             let _ = queued.reply.send(Err(not_leader.clone().into()));
         }

@@ -23,13 +23,14 @@
 //! - **The in-memory cache equals what was written.** The cache (states, counters, epoch, ...)
 //!   is updated only after the batch is applied, under the same write lock that readers take,
 //!   so a reader never sees a state check and data from different points of the log.
-//! - **Migration steps are state transitions in log order** (DESIGN §4). Each step is allowed
-//!   only in the states the design lists, and is idempotent: repeated in the state it leads to,
-//!   it answers success and changes nothing. A step not allowed is answered with
-//!   `MigrationRefused` naming the current state; nothing changes. `Released` is a tombstone:
-//!   `Assign` only moves partitions between absent and `Serving`, so a late assignment can never
-//!   revive a partition at the owner it moved away from. Deleting a partition's data (PURGE,
-//!   PREPARE_INCOMING, ABANDON) is one prefix scan turned into removals in the same batch.
+//! - **Migration steps are state transitions in log order** (`docs/design.md#partition-states`).
+//!   Each step is allowed only in the states that table lists, and is idempotent: repeated in
+//!   the state it leads to, it answers success and changes nothing. A step not allowed is
+//!   answered with `MigrationRefused` naming the current state; nothing changes. `Released` is a
+//!   tombstone: `Assign` only moves partitions between absent and `Serving`, so a late
+//!   assignment can never revive a partition at the owner it moved away from. Deleting a
+//!   partition's data (PURGE, PREPARE_INCOMING, ABANDON) is one prefix scan turned into
+//!   removals in the same batch.
 //! - **Per-partition key counts** are kept in the cache and on disk next to the data, so the
 //!   keys of one partition are known without a scan.
 //!
@@ -658,7 +659,8 @@ impl Apply<'_> {
         CommandResult::Assigned { epoch }
     }
 
-    /// Applies one migration step (see the module doc and DESIGN §4 for the transitions).
+    /// Applies one migration step (the transitions: the module doc and
+    /// `docs/design.md#partition-states`).
     fn migrate(
         &mut self,
         partition: PartitionId,

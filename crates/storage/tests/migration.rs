@@ -1,6 +1,7 @@
-//! The state machine's side of partition migration (DESIGN §4), through the public API: every
-//! step's transitions, idempotence and refusals, Assign leaving moves alone, data wiping, the
-//! version floor, the frozen-partition scan, and snapshots and restarts of the new states.
+//! The state machine's side of partition migration (`docs/design.md#partition-states`), through the
+//! public API: every step's transitions, idempotence and refusals, Assign leaving moves alone, data
+//! wiping, the version floor, the frozen-partition scan, and snapshots and restarts of the new
+//! states.
 
 mod common;
 use common::phase;

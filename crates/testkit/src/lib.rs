@@ -120,21 +120,23 @@ impl Proc {
         }
     }
 
-    /// SIGTERM, then wait for a graceful exit (SIGKILL after `grace`).
-    fn terminate(&mut self, grace: Duration) {
+    /// SIGTERM, then wait for a graceful exit (SIGKILL after `grace`). Returns how the
+    /// process ended when it exited by itself within `grace`, `None` when it had to be killed
+    /// (or was not running).
+    fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         self.signal(Signal::SIGCONT);
         self.signal(Signal::SIGTERM);
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     fn is_running(&mut self) -> bool {
@@ -156,6 +158,8 @@ pub struct NodeSpec {
     /// With [`TestCluster::with_raft_proxies`]: the address of the replica's proxy, which it
     /// advertises (`--raft-advertise`) so that every peer reaches it through the proxy.
     pub raft_advertise: Option<String>,
+    /// The replica's own HTTP endpoint (`--http`: `/livez`, `/readyz`, `/metrics`).
+    pub http_addr: String,
     pub leader_flag: bool,
 }
 
@@ -377,6 +381,7 @@ impl TestCluster {
                 grpc_addr: format!("127.0.0.1:{}", free_port()),
                 raft_addr,
                 raft_advertise,
+                http_addr: format!("127.0.0.1:{}", free_port()),
                 leader_flag: leader,
             };
             let mut args = vec![
@@ -389,6 +394,8 @@ impl TestCluster {
                 spec.raft_addr.clone(),
                 "-a".into(),
                 self.admin_grpc_addr.clone(),
+                "--http".into(),
+                spec.http_addr.clone(),
             ];
             if let Some(advertise) = &spec.raft_advertise {
                 args.push("--raft-advertise".into());
@@ -439,11 +446,13 @@ impl TestCluster {
         self.record_pid(name, None);
     }
 
-    /// Graceful stop (SIGTERM) of replica `name`.
-    pub fn stop_node(&mut self, name: &str) {
-        if let Some((_, p)) = self.nodes.get_mut(name) {
-            p.terminate(Duration::from_secs(10));
-        }
+    /// Graceful stop (SIGTERM) of replica `name`; its exit status when it exited by itself
+    /// within 10 s, `None` when it had to be killed (or was not running).
+    pub fn stop_node(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let (_, p) = self.nodes.get_mut(name)?;
+        let status = p.terminate(Duration::from_secs(10));
+        self.record_pid(name, None);
+        status
     }
 
     /// SIGSTOP / SIGCONT of replica `name`.

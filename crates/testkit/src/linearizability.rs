@@ -7,8 +7,8 @@
 //! # The model: a register with "absent" and per-key versions
 //!
 //! Each key is checked on its own (linearizability is compositional, so a history is
-//! linearizable exactly when every key's sub-history is). The model is the HTTP contract of
-//! DESIGN §5, with versions:
+//! linearizable exactly when every key's sub-history is). The model is the HTTP contract
+//! (`docs/design.md#http-api` and `#versions`):
 //!
 //! - the state is *absent*, or *present* with a value and a version;
 //! - a successful put gives the key a version strictly greater than every version the key ever

@@ -3,12 +3,13 @@
 //!
 //! Keys `{prefix}{i}` are split among writer tasks (key `i` belongs to writer `i % writers`), so
 //! each key has exactly one writer; a writer writes `{"w": n}` with `n` strictly increasing per
-//! key, one request at a time. It first writes each of its keys once, retrying until the write
-//! is acknowledged (the load phase), then cycles over its keys until stopped. Reader tasks read
-//! keys picked by a seeded random generator. HTTP answers are turned into outcomes the way the
-//! store's contract defines them (DESIGN §2.3, §5): 200 acknowledged; 4xx and 503 definite
-//! failures; a connection that could not be made is a definite failure; 504, other 5xx and any
-//! other transport error leave the outcome unknown. This module drives load; it does not judge it.
+//! key, one request at a time. It first writes each of its keys once, retrying until the write is
+//! acknowledged (the load phase), then cycles over its keys until stopped. Reader tasks read keys
+//! picked by a seeded random generator. HTTP answers are turned into outcomes the way the store's
+//! contract defines them (`docs/design.md#definite-and-unknown-outcomes`): 200 acknowledged; 4xx
+//! and 503 definite failures; a connection that could not be made is a definite failure; 504, other
+//! 5xx and any other transport error leave the outcome unknown. This module drives load; it does
+//! not judge it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -236,7 +237,8 @@ impl Client {
     }
 }
 
-/// The outcome of a write answered with HTTP `status` (DESIGN §2.3: a 503 is definite).
+/// The outcome of a write answered with HTTP `status` (a 503 is definite: see
+/// `docs/design.md#definite-and-unknown-outcomes`).
 #[must_use]
 pub fn write_outcome(status: u16) -> Outcome {
     match status {

@@ -3,12 +3,12 @@
 //! operation goes into a [`Recorder`] for the linearizability checker.
 //!
 //! Operations: put of a value no other put ever writes (`"w<worker>-<n>"`), linearizable get,
-//! delete, and compare-and-set put (`?cas=V` with the version this worker last learned for the
-//! key; 0 when it last saw the key absent). HTTP answers become outcomes as DESIGN §2.3 and §5
-//! define them: 200 (and a get's 404, a CAS's 412) acknowledged; other 4xx and 503 definite
-//! failures; a connection that could not be made is a definite failure (nothing was sent); 504,
-//! other 5xx, timeouts and transport errors after sending are unknown. This module drives load;
-//! it does not judge it and does not inject faults.
+//! delete, and compare-and-set put (`?cas=V` with the version this worker last learned for the key;
+//! 0 when it last saw the key absent). HTTP answers become outcomes as the store's contract defines
+//! them (`docs/design.md#definite-and-unknown-outcomes`): 200 (and a get's 404, a CAS's 412)
+//! acknowledged; other 4xx and 503 definite failures; a connection that could not be made is a
+//! definite failure (nothing was sent); 504, other 5xx, timeouts and transport errors after sending
+//! are unknown. This module drives load; it does not judge it and does not inject faults.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -208,7 +208,8 @@ impl Api {
     }
 }
 
-/// The outcome of a write's answer (DESIGN §2.3: a 503 is definite, a 504 is not).
+/// The outcome of a write's answer (`docs/design.md#definite-and-unknown-outcomes`: a 503 is
+/// definite, a 504 is not).
 fn write_outcome(
     answer: Answer,
     cas: bool,
@@ -329,7 +330,7 @@ impl Worker {
 mod tests {
     use super::*;
 
-    /// HTTP answers map to the outcomes DESIGN §2.3 defines: 503 and other 4xx are definite, 504
+    /// HTTP answers map to the outcomes the contract defines: 503 and other 4xx are definite, 504
     /// and lost connections unknown, a CAS 412 an acknowledged mismatch with the current version.
     #[test]
     fn answers_map_to_definite_and_unknown_outcomes() {
