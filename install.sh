@@ -5,7 +5,8 @@
 #   --prefix DIR    where the binaries go (default: $PREFIX if set, else /usr/local/bin as root,
 #                   ~/.local/bin otherwise)
 #   --profile NAME  cargo profile to build (default release; "dev" builds faster, unoptimised)
-#   --no-build      install what target/<profile> already holds instead of building
+#   --no-build      install what target/<profile> (under $CARGO_TARGET_DIR if set) already
+#                   holds instead of building
 #   --uninstall     remove both binaries from PREFIX
 #   --help          print this help
 #
@@ -16,7 +17,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")" && pwd)
 binaries=(ravel_admin ravel_node)
 
-usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
 die() {
   echo "install.sh: $*" >&2
   exit 1
@@ -43,9 +44,12 @@ while [ $# -gt 0 ]; do
 done
 prefix=${prefix:-$(default_prefix)}
 
-# cargo puts the dev profile in target/debug and every other profile in target/<name>.
+# cargo puts the dev profile in target/debug and every other profile in target/<name>, under
+# $CARGO_TARGET_DIR when that is set.
 target_dir() {
-  if [ "$profile" = dev ]; then echo "$repo/target/debug"; else echo "$repo/target/$profile"; fi
+  local target=${CARGO_TARGET_DIR:-$repo/target}
+  case $target in /*) ;; *) target=$repo/$target ;; esac
+  if [ "$profile" = dev ]; then echo "$target/debug"; else echo "$target/$profile"; fi
 }
 
 build_binaries() {

@@ -4,15 +4,16 @@
 # pulled from a registry: the image is made from local files only.
 #
 # Usage: deploy/build-image.sh [--bin-dir DIR] [--tag TAG]
-#   --bin-dir DIR  where ravel_admin and ravel_node are (default target/release; target/debug
-#                  works too, e.g. in CI after `cargo test` built it). Not built here.
+#   --bin-dir DIR  where ravel_admin and ravel_node are, not built here (default
+#                  target/release, under $CARGO_TARGET_DIR if set; target/debug works too,
+#                  e.g. in CI after `cargo test` built it)
 #   --tag TAG      image tag (default $RAVEL_IMAGE_TAG, else "latest")
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,10s/^# \{0,1\}//p' "$0"; }
 
-bin_dir=$repo/target/release
+bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
 tag=${RAVEL_IMAGE_TAG:-latest}
 while [ $# -gt 0 ]; do
   case $1 in

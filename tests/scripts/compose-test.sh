@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The compose cluster under faults: builds the image, starts deploy/docker-compose.yml (an admin,
-# 2 clusters x 3 replicas), then through the admin's published HTTP port:
+# The compose cluster under faults: builds the image (and checks it holds exactly the binaries
+# and the libraries ldd lists), starts deploy/docker-compose.yml (an admin, 2 clusters x 3
+# replicas), then through the admin's published HTTP port:
 #   1. writes keys and reads them back;
 #   2. cuts a follower of cluster 1 off the network: every key is still served, new keys and
 #      overwrites are accepted;
@@ -115,6 +116,22 @@ step "build the image from $bin_dir"
 [ "$(docker run --rm "ravel-rs:$RAVEL_IMAGE_TAG" /ravel_admin --version)" != "" ] \
   || fail "docker run ravel-rs:$RAVEL_IMAGE_TAG /ravel_admin --version printed nothing"
 pass "docker run --rm ravel-rs:$RAVEL_IMAGE_TAG /ravel_admin --version: $(docker run --rm "ravel-rs:$RAVEL_IMAGE_TAG" /ravel_admin --version)"
+
+# What the image holds besides what docker adds to every container: the two binaries, the
+# libraries ldd lists for them, nsswitch.conf; /data owned by the user the processes run as.
+created=$(docker create "ravel-rs:$RAVEL_IMAGE_TAG" /ravel_admin --version)
+docker export "$created" | tar -tv >"$work/image-files"
+docker rm "$created" >/dev/null
+files=$(awk '$1 ~ /^-/ { print "/" $6 }' "$work/image-files" \
+  | grep -vE '^/(\.dockerenv|etc/(hostname|hosts|resolv\.conf)|dev/.*)$' | sort)
+wanted=$({
+  echo /ravel_admin /ravel_node /etc/nsswitch.conf | tr ' ' '\n'
+  for b in ravel_admin ravel_node; do ldd "$bin_dir/$b" | grep -o '/[^ ]*'; done
+} | sort -u)
+[ "$files" = "$wanted" ] || fail "the image holds $(echo "$files" | tr '\n' ' ')but ldd wants $(echo "$wanted" | tr '\n' ' ')"
+pass "the image holds exactly the binaries, nsswitch.conf and the libraries ldd lists: $(echo "$files" | tr '\n' ' ')"
+grep -qE '^d\S+ 65532/65532 .* data/$' "$work/image-files" || fail "/data is not owned by 65532"
+pass "/data belongs to uid 65532, the user the processes run as"
 
 step "docker-compose up (project $project, admin on $api)"
 compose up -d >"$work/up.log" 2>&1 || fail "docker-compose up failed: $(cat "$work/up.log")"
