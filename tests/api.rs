@@ -390,6 +390,46 @@ async fn bad_inputs_get_clear_errors(tc: &ravel_testkit::TestCluster) -> Result<
         "body_too_large",
     );
 
+    // Nesting: at the limit a value is stored and read back verbatim; a 100,000-deep array
+    // (a stack-overflow attempt on a recursive parser) is refused, and the admin goes on serving.
+    let limit = ravel_core::limits::MAX_JSON_DEPTH;
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let deep = nested(100_000);
+    let put_deep = format!(r#"{{"key":"deep","val":{deep}}}"#).into_bytes();
+    assert_error(
+        "100,000-deep value",
+        &post("/put", put_deep).await?,
+        400,
+        "too_deeply_nested",
+    );
+    let v1_deep = tc
+        .request(Method::PUT, "/v1/kv/deep", Some(deep.into_bytes()))
+        .await?;
+    assert_error("100,000-deep v1 value", &v1_deep, 400, "too_deeply_nested");
+    let v1_over = tc
+        .request(
+            Method::PUT,
+            "/v1/kv/deep",
+            Some(nested(limit + 1).into_bytes()),
+        )
+        .await?;
+    assert_error("one level too deep", &v1_over, 400, "too_deeply_nested");
+    let at_limit = nested(limit);
+    let stored = tc
+        .request(
+            Method::PUT,
+            "/v1/kv/deep",
+            Some(at_limit.clone().into_bytes()),
+        )
+        .await?;
+    assert_eq!(stored.0, 200, "a value at the depth limit: {}", stored.1);
+    let (status, text) = raw(tc, Method::GET, "/v1/kv/deep", "", None).await?;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains(&format!(r#""value":{at_limit},"#)),
+        "read back verbatim: {text}"
+    );
+
     let wrong_method = tc.request(Method::GET, "/put", None).await?;
     assert_error("GET /put", &wrong_method, 405, "method_not_allowed");
     let wrong_method = tc

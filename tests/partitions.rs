@@ -62,6 +62,82 @@ async fn paused_leader_is_replaced_and_resumes_as_follower() {
     run_scenario("partition_paused_leader", Fault::Pause, 42).await;
 }
 
+/// A follower cut off from both peers for several election timeouts keeps its term (pre-vote:
+/// no peer grants it a vote, so it never campaigns) while the others go on serving writes;
+/// healed, it rejoins without an election — the leader and the working replicas' term are
+/// unchanged — and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolated_follower_rejoins_without_deposing_the_leader() -> Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tc = common::new_cluster("partition_follower_rejoin")?.with_raft_proxies();
+    common::start_clusters(&mut tc, 1, REPLICAS).await?;
+    let names = common::members(&tc, 1);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leader = tc.wait_leader(&refs).await?;
+    let term = tc.status(&leader).await?.term;
+    let follower = names
+        .iter()
+        .find(|n| **n != leader)
+        .context("a follower")?
+        .clone();
+
+    tc.isolate_node(&follower);
+    let cut = Instant::now();
+    let mut written = 0;
+    while cut.elapsed() < Duration::from_secs(5) {
+        let (code, body) = tc
+            .put(&format!("rejoin:{written}"), &json!(written))
+            .await?;
+        ensure!(
+            code == 200,
+            "a write failed while a follower was cut off: {code} {body}"
+        );
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let isolated = tc.status(&follower).await?;
+    ensure!(
+        isolated.term == term,
+        "the isolated follower raised its term from {term} to {}",
+        isolated.term
+    );
+
+    tc.heal_network();
+    let target = tc.status(&leader).await?.last_applied_index;
+    wait_until("the follower catches up", CATCH_UP_DEADLINE, || async {
+        tc.status(&follower)
+            .await
+            .is_ok_and(|s| s.last_applied_index >= target)
+    })
+    .await?;
+    // Long enough for a disruptive election (a higher term on heal) to have shown itself.
+    tokio::time::sleep(Duration::from_millis(
+        2 * ravel_node::ELECTION_TIMEOUT_MAX_MS,
+    ))
+    .await;
+    for name in &names {
+        let st = tc.status(name).await?;
+        ensure!(
+            st.term == term,
+            "{name} is at term {} after the heal, was {term}",
+            st.term
+        );
+    }
+    ensure!(
+        tc.status(&leader).await?.role == "leader",
+        "{leader} no longer leads"
+    );
+    for i in 0..written {
+        let (code, body) = tc.get(&format!("rejoin:{i}")).await?;
+        ensure!(
+            code == 200 && body["val"] == json!(i),
+            "rejoin:{i}: {code} {body}"
+        );
+    }
+    tc.finish();
+    Ok(())
+}
+
 async fn run_scenario(test_name: &str, fault: Fault, seed: u64) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut tc = common::new_cluster(test_name)

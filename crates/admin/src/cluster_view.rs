@@ -1,8 +1,9 @@
 //! What `GET /v1/cluster` shows and what `GET /readyz` decides.
 //!
-//! The view shows, per cluster, its partitions, its key count (the leader's `Status`) and
-//! whether it is draining, and at the top the moves in progress and the largest write pause of
-//! any finished move (`max_write_pause_ms`).
+//! The view shows the owner of every partition (`partition_owners`); per cluster its partitions,
+//! its key count (the leader's `Status`) and whether it is draining; and at the top the moves in
+//! progress, the largest write pause of any finished move (`max_write_pause_ms`) and the recent
+//! leader changes the admin observed (`leader_changes`, oldest first; see [`crate::pool`]).
 //!
 //! The view joins the persisted metadata with a live `Control.Status` from every replica (asked
 //! concurrently, each with a short deadline, so one dead replica costs the page
@@ -168,10 +169,13 @@ pub async fn cluster_view(state: &AdminState) -> Value {
         "assignment_epoch": assignment_epoch,
         "has_data": meta.has_data,
         "clusters": clusters,
+        // The owning cluster of each partition, in partition order (null: no owner).
+        "partition_owners": meta.table.owners,
         "migrations": migrations,
         // Partitions whose owner differs from the ring's choice and that no move handles yet.
         "moves_pending": crate::meta::plan_moves(&meta).len(),
         "max_write_pause_ms": meta.max_write_pause_ms,
+        "leader_changes": state.pool.leader_changes(),
     })
 }
 
@@ -281,6 +285,7 @@ mod tests {
         assert_eq!(clusters.len(), 2);
         assert_eq!(clusters[0]["partitions"], 8);
         assert_eq!(clusters[1]["partitions"], 0);
+        assert_eq!(view["partition_owners"], json!(vec![1; 8]));
         // Keys existed when cluster 2 came: it gets partitions only through moves.
         assert_eq!(
             clusters[1]["target_partitions"].as_u64().unwrap() as usize,
@@ -301,5 +306,16 @@ mod tests {
         assert_eq!(replica["healthy"], false);
         assert_eq!(clusters[0]["leader"], Value::Null);
         assert_eq!(view["migrations"], json!([]));
+        assert_eq!(view["leader_changes"], json!([]));
+
+        state.pool.report_leader(1, 1, 4);
+        let view = cluster_view(&state).await;
+        let changes = view["leader_changes"].as_array().unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0]["cluster"], 1);
+        assert_eq!(changes[0]["old_leader"], Value::Null);
+        assert_eq!(changes[0]["new_leader"], 1);
+        assert_eq!(changes[0]["term"], 4);
+        assert!(changes[0]["at_unix_ms"].as_u64().is_some_and(|t| t > 0));
     }
 }

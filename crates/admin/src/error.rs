@@ -149,6 +149,18 @@ impl ApiError {
         )
     }
 
+    /// 400 `too_deeply_nested`: the value nests arrays and objects `depth` levels deep.
+    #[must_use]
+    pub fn too_deeply_nested(depth: usize) -> Self {
+        Self::bad_request(
+            "too_deeply_nested",
+            format!(
+                "the value nests arrays and objects {depth} levels deep, the limit is {}",
+                limits::MAX_JSON_DEPTH
+            ),
+        )
+    }
+
     /// 404 `not_found`: the key does not exist (and only that).
     #[must_use]
     pub fn not_found() -> Self {

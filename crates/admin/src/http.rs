@@ -4,7 +4,9 @@
 //! Bodies are parsed as JSON whatever their `Content-Type`, read as raw bytes under
 //! `MAX_BODY_BYTES`. Values are kept as their exact JSON text (`RawValue`) from the request to
 //! the node and back, and responses splice the stored text in verbatim: `1.0` stays `1.0` and an
-//! object keeps its key order.
+//! object keeps its key order. A value nested deeper than `MAX_JSON_DEPTH` is refused (the
+//! depth is measured without recursion, in `json_depth`). The dashboard's routes come
+//! from [`crate::ui`].
 //!
 //! The server is hyper's HTTP/1 connection builder driven by our own accept loop, not
 //! `axum::serve`, because it bounds what a client can hold: a header-read timeout (which in
@@ -16,7 +18,7 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::router::Router;
-use crate::{SharedState, cluster_view};
+use crate::{SharedState, cluster_view, json_depth, ui};
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
@@ -95,6 +97,7 @@ pub fn app(state: SharedState) -> axum::Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(ui::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
@@ -358,10 +361,16 @@ fn key_of(raw: Option<&RawValue>) -> Result<String, ApiError> {
     check_key(key)
 }
 
+/// Checks a value against the contract: at most [`limits::MAX_VALUE_BYTES`] of JSON text, nested
+/// at most [`limits::MAX_JSON_DEPTH`] deep.
 fn check_value(raw: &RawValue) -> Result<&RawValue, ApiError> {
     let len = raw.get().len();
     if len > limits::MAX_VALUE_BYTES {
         return Err(ApiError::value_too_large(len));
+    }
+    let depth = json_depth::nesting_depth(raw.get().as_bytes());
+    if depth > limits::MAX_JSON_DEPTH {
+        return Err(ApiError::too_deeply_nested(depth));
     }
     Ok(raw)
 }
@@ -697,6 +706,215 @@ mod tests {
             value: b"{oops".to_vec(),
         };
         assert_eq!(code_of(record_json("k", "val", &garbage)), "internal");
+    }
+
+    /// `[[...]]` nested `depth` levels deep around `1`.
+    fn nested_array(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// A value nested exactly [`limits::MAX_JSON_DEPTH`] deep is accepted on both write bodies;
+    /// one level more (arrays or objects) is refused with 400 `too_deeply_nested`, and brackets
+    /// inside strings do not count.
+    #[test]
+    fn nesting_depth_limit_on_values() {
+        let max = limits::MAX_JSON_DEPTH;
+        let at_limit = nested_array(max);
+        assert_eq!(
+            parse_value_body(at_limit.as_bytes()).unwrap().get(),
+            at_limit
+        );
+        let body = format!(r#"{{"key":"k","val":{at_limit}}}"#);
+        assert_eq!(parse_put_body(body.as_bytes()).unwrap().1.get(), at_limit);
+
+        let over = nested_array(max + 1);
+        let err = parse_value_body(over.as_bytes()).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (400, "too_deeply_nested"));
+        assert!(
+            err.message.contains(&(max + 1).to_string()),
+            "{}",
+            err.message
+        );
+        let body = format!(r#"{{"key":"k","value":{over}}}"#);
+        assert_eq!(
+            code_of(parse_put_body(body.as_bytes())),
+            "too_deeply_nested"
+        );
+
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(max + 1), "}".repeat(max + 1));
+        assert_eq!(
+            code_of(parse_value_body(objects.as_bytes())),
+            "too_deeply_nested"
+        );
+        let brackets_in_string = format!(r#"["{}"]"#, "[".repeat(max * 2));
+        assert!(parse_value_body(brackets_in_string.as_bytes()).is_ok());
+    }
+
+    /// A 100,000-deep array (the stack-overflow attempt) sent to the real server gets 400
+    /// `too_deeply_nested` on both write routes, and the server goes on serving.
+    #[tokio::test]
+    async fn hostile_nesting_is_refused_and_the_server_keeps_serving() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let server = tokio::spawn(serve_http(listener, test_state(dir.path()), token.clone()));
+        let deep = nested_array(100_000);
+        let put_body = format!(r#"{{"key":"k","val":{deep}}}"#);
+        let requests = [
+            ("POST /put", put_body.as_str()),
+            ("PUT /v1/kv/k", deep.as_str()),
+            ("GET /livez", ""),
+        ];
+        for (line, body) in requests {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "{line} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(body.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut answer))
+                .await
+                .expect("the server answers")
+                .unwrap();
+            if body.is_empty() {
+                assert!(answer.starts_with("HTTP/1.1 200"), "{line}: {answer}");
+            } else {
+                assert!(answer.starts_with("HTTP/1.1 400"), "{line}: {answer}");
+                assert!(answer.contains("\"too_deeply_nested\""), "{line}: {answer}");
+            }
+        }
+        token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    }
+
+    /// Sends a GET and returns the response's status, headers and body text.
+    async fn get_text(app: &axum::Router, uri: &str) -> (u16, axum::http::HeaderMap, String) {
+        let req = axum::http::Request::builder()
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// `/ui` and `/ui/` serve the page, and its script and style sheet come from `/ui/...`, each
+    /// with its Content-Type and a same-origin-only Content-Security-Policy that allows nothing
+    /// inline; other `/ui/...` paths are the JSON 404 and other methods the JSON 405.
+    #[tokio::test]
+    async fn dashboard_is_served_with_types_and_a_strict_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(test_state(dir.path()));
+        let cases = [
+            (
+                "/ui",
+                "text/html; charset=utf-8",
+                "<title>Ravel-rs dashboard</title>",
+            ),
+            (
+                "/ui/",
+                "text/html; charset=utf-8",
+                "<title>Ravel-rs dashboard</title>",
+            ),
+            (
+                "/ui/dashboard.js",
+                "text/javascript; charset=utf-8",
+                "/v1/cluster",
+            ),
+            (
+                "/ui/dashboard.css",
+                "text/css; charset=utf-8",
+                ".partition-grid",
+            ),
+        ];
+        for (uri, content_type, needle) in cases {
+            let (status, headers, body) = get_text(&app, uri).await;
+            assert_eq!(status, 200, "{uri}");
+            assert_eq!(headers[header::CONTENT_TYPE], content_type, "{uri}");
+            let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            assert_eq!(csp, ui::CONTENT_SECURITY_POLICY, "{uri}");
+            assert!(csp.starts_with("default-src 'none';"), "{csp}");
+            for directive in [
+                "script-src 'self'",
+                "style-src 'self'",
+                "connect-src 'self'",
+            ] {
+                assert!(csp.contains(directive), "{csp} lacks {directive}");
+            }
+            assert!(!csp.contains("unsafe") && !csp.contains('*'), "{csp}");
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{uri}");
+            assert!(body.contains(needle), "{uri} lacks {needle}");
+        }
+        for uri in ["/ui/nope", "/ui/dashboard.js/x", "/uix"] {
+            let (status, _, body) = get_text(&app, uri).await;
+            assert_eq!(status, 404, "{uri}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["code"], "no_route", "{uri}");
+        }
+        let (s, j, _) = call(&app, "POST", "/ui", "").await;
+        assert_eq!((s, j["code"].as_str()), (405, Some("method_not_allowed")));
+    }
+
+    /// The dashboard loads nothing from elsewhere (no scheme-qualified or protocol-relative URL,
+    /// every `src`/`href` under `/ui/`), has no inline script or style for the policy to refuse,
+    /// and never hands data to an HTML parser.
+    #[tokio::test]
+    async fn dashboard_is_self_contained_and_never_parses_data_as_html() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(test_state(dir.path()));
+        let (_, _, page) = get_text(&app, "/ui").await;
+        let (_, _, script) = get_text(&app, "/ui/dashboard.js").await;
+        let (_, _, style) = get_text(&app, "/ui/dashboard.css").await;
+        for (name, text) in [("page", &page), ("script", &script), ("style", &style)] {
+            for external in [
+                "http:",
+                "https:",
+                "//cdn",
+                "url(",
+                "@import",
+                "src=\"//",
+                "href=\"//",
+            ] {
+                assert!(!text.contains(external), "the {name} contains {external:?}");
+            }
+        }
+        for attr in ["src=\"", "href=\""] {
+            for (at, _) in page.match_indices(attr) {
+                let value = &page[at + attr.len()..];
+                assert!(
+                    value.starts_with("/ui/"),
+                    "{attr}{}",
+                    &value[..20.min(value.len())]
+                );
+            }
+        }
+        assert!(page.contains("<script src=\"/ui/dashboard.js\""), "{page}");
+        assert!(
+            !page.contains("<style") && !page.contains("style=\""),
+            "inline style"
+        );
+        assert_eq!(
+            page.matches("<script").count(),
+            1,
+            "one external script, nothing inline"
+        );
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!script.contains(sink), "the script uses {sink}");
+        }
     }
 
     async fn call(

@@ -13,11 +13,14 @@
 //! - [`cluster_view`]: `/v1/cluster` and readiness.
 //! - [`router`]: the life of a client request from partition to leader and back.
 //! - [`http`]: the HTTP API with its limits, timeouts and connection cap.
+//! - `json_depth`: the nesting depth of a JSON value, measured without recursion.
+//! - [`ui`]: the dashboard page at `/ui`, compiled in.
 //! - [`error`]: the one mapping from routing errors to HTTP status codes and JSON bodies.
 
 pub mod cluster_view;
 pub mod error;
 pub mod http;
+mod json_depth;
 pub mod meta;
 pub mod metrics;
 pub mod mover;
@@ -25,6 +28,7 @@ pub mod node_api;
 pub mod placement;
 pub mod pool;
 pub mod router;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

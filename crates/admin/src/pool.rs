@@ -5,14 +5,22 @@
 //! so creating a client never fails and never waits; connection errors surface per call.
 //!
 //! The leader cache is a hint, never a truth: callers must handle "not leader" answers and update
-//! it. This module must not make calls itself and never holds a lock across an `.await`.
+//! it. Next to it the pool keeps the last [`MAX_LEADER_CHANGES`] leader changes it observed, for
+//! `/v1/cluster`. Only reports that carry a term (a replica's own leadership report, or its status
+//! read by leader discovery) count as observations: Raft has at most one leader per term and a
+//! report of an older term is ignored, so the history never shows a change back to a leader that
+//! was already superseded. Hints and successful calls only steer the cache: they carry no term and
+//! may be stale (a reply from an old leader can arrive after its successor's report).
+//!
+//! This module must not make calls itself and never holds a lock across an `.await`.
 
 use ravel_core::{ClusterId, NodeId, limits};
 use ravel_proto::v1::control_client::ControlClient;
 use ravel_proto::v1::data_client::DataClient;
-use std::collections::HashMap;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::transport::{Channel, Endpoint};
 
 /// Interval of HTTP/2 PING frames on idle channels, so a dead peer is noticed without traffic.
@@ -67,19 +75,53 @@ fn endpoint(addr: &str) -> Endpoint {
         .tcp_nodelay(true)
 }
 
+/// Most leader changes kept (`leader_changes` in `/v1/cluster`); the oldest is dropped first.
+pub const MAX_LEADER_CHANGES: usize = 50;
+
 /// The last leader known for one cluster, with the highest term reported for it.
 #[derive(Clone, Copy, Debug, Default)]
 struct LeaderEntry {
     leader: Option<NodeId>,
     /// Highest term a replica reported leading in; reports of older terms are stale.
     term: u64,
+    /// The leader of that term. Unlike `leader` it survives a forget, so that the same leader
+    /// found again is not a change.
+    reported: Option<NodeId>,
+}
+
+/// One change of a cluster's leader, as this admin observed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaderChange {
+    pub cluster: ClusterId,
+    /// The leader reported before; `None` when this admin had seen no leader of that cluster
+    /// since it started.
+    pub old_leader: Option<NodeId>,
+    pub new_leader: NodeId,
+    /// The term the new leader reported leading in.
+    pub term: u64,
+    /// When the admin learned of it (wall clock, milliseconds since the Unix epoch).
+    pub at_unix_ms: u64,
+}
+
+/// The leader cache per cluster and the bounded history of changes, under one lock so that a
+/// change is detected and recorded atomically.
+#[derive(Default)]
+struct Leaders {
+    entries: HashMap<ClusterId, LeaderEntry>,
+    changes: VecDeque<LeaderChange>,
 }
 
 /// gRPC channels per replica address and the leader cache per cluster.
 #[derive(Default)]
 pub struct NodePool {
     channels: Mutex<HashMap<String, Channel>>,
-    leaders: Mutex<HashMap<ClusterId, LeaderEntry>>,
+    leaders: Mutex<Leaders>,
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Locks `m`, recovering the data of a poisoned lock: every critical section here is a single
@@ -126,17 +168,25 @@ impl NodePool {
 
     /// The cached leader of `cluster`, if any.
     pub fn leader(&self, cluster: ClusterId) -> Option<NodeId> {
-        lock(&self.leaders).get(&cluster).and_then(|e| e.leader)
+        lock(&self.leaders)
+            .entries
+            .get(&cluster)
+            .and_then(|e| e.leader)
     }
 
     /// Records `node` as the leader of `cluster` (from a hint or a successful leader-only call).
+    /// It steers the cache only; it is no observation of a leader change (it has no term).
     pub fn set_leader(&self, cluster: ClusterId, node: NodeId) {
-        lock(&self.leaders).entry(cluster).or_default().leader = Some(node);
+        lock(&self.leaders)
+            .entries
+            .entry(cluster)
+            .or_default()
+            .leader = Some(node);
     }
 
     /// Forget `node` as leader of `cluster` if it is the cached one.
     pub fn forget_leader(&self, cluster: ClusterId, node: NodeId) {
-        if let Some(entry) = lock(&self.leaders).get_mut(&cluster)
+        if let Some(entry) = lock(&self.leaders).entries.get_mut(&cluster)
             && entry.leader == Some(node)
         {
             entry.leader = None;
@@ -145,21 +195,43 @@ impl NodePool {
 
     /// A replica's own report that it leads `cluster` in `term`. Ignored (returns false) only
     /// when its term is older than the newest seen: Raft has at most one leader per term, so a
-    /// report of the newest term is current.
+    /// report of the newest term is current. A report naming another node than the previous
+    /// report is recorded as a leader change.
     pub fn report_leader(&self, cluster: ClusterId, node: NodeId, term: u64) -> bool {
-        let mut leaders = lock(&self.leaders);
-        let entry = leaders.entry(cluster).or_default();
+        let mut guard = lock(&self.leaders);
+        let Leaders { entries, changes } = &mut *guard;
+        let entry = entries.entry(cluster).or_default();
         if term < entry.term {
             return false;
         }
         entry.term = term;
         entry.leader = Some(node);
+        if entry.reported != Some(node) {
+            if changes.len() == MAX_LEADER_CHANGES {
+                changes.pop_front();
+            }
+            changes.push_back(LeaderChange {
+                cluster,
+                old_leader: entry.reported,
+                new_leader: node,
+                term,
+                at_unix_ms: unix_now_ms(),
+            });
+            entry.reported = Some(node);
+        }
         true
     }
 
-    /// Forgets everything about a cluster that no longer exists.
+    /// The leader changes observed since this admin started, oldest first, at most
+    /// [`MAX_LEADER_CHANGES`].
+    pub fn leader_changes(&self) -> Vec<LeaderChange> {
+        lock(&self.leaders).changes.iter().cloned().collect()
+    }
+
+    /// Forgets the cache entry of a cluster that no longer exists (its past changes stay in the
+    /// history).
     pub fn forget_cluster(&self, cluster: ClusterId) {
-        lock(&self.leaders).remove(&cluster);
+        lock(&self.leaders).entries.remove(&cluster);
     }
 }
 
@@ -187,6 +259,56 @@ mod tests {
         pool.set_leader(2, 20);
         assert_eq!(pool.leader(2), Some(20));
         assert_eq!(pool.leader(1), None);
+    }
+
+    /// A report naming a new node is one change (old and new leader, term, time); the same
+    /// leader reported again, found again after a forget, or named by a mere hint is none; a
+    /// stale report adds nothing; and the history keeps only the newest changes.
+    #[test]
+    fn leader_changes_are_recorded_from_term_reports() {
+        let pool = NodePool::new();
+        let before = unix_now_ms();
+        assert!(pool.report_leader(1, 10, 1));
+        assert!(pool.report_leader(1, 10, 2), "re-elected: same leader");
+        pool.forget_leader(1, 10);
+        assert!(pool.report_leader(1, 10, 2), "found again after a forget");
+        pool.set_leader(1, 11); // a hint: no observation
+        assert!(pool.report_leader(2, 20, 1));
+        assert!(pool.report_leader(1, 12, 3));
+        assert!(!pool.report_leader(1, 10, 2), "stale");
+        let changes = pool.leader_changes();
+        let summary: Vec<_> = changes
+            .iter()
+            .map(|c| (c.cluster, c.old_leader, c.new_leader, c.term))
+            .collect();
+        assert_eq!(
+            summary,
+            [(1, None, 10, 1), (2, None, 20, 1), (1, Some(10), 12, 3)]
+        );
+        assert!(changes.iter().all(|c| c.at_unix_ms >= before));
+        assert!(
+            changes
+                .windows(2)
+                .all(|w| w[0].at_unix_ms <= w[1].at_unix_ms)
+        );
+
+        pool.forget_cluster(2);
+        assert_eq!(
+            pool.leader_changes().len(),
+            3,
+            "history outlives the cluster"
+        );
+        let extra = u64::try_from(MAX_LEADER_CHANGES).unwrap() + 5;
+        for term in 4..4 + extra {
+            assert!(pool.report_leader(1, 10 + term % 2, term));
+        }
+        let changes = pool.leader_changes();
+        assert_eq!(changes.len(), MAX_LEADER_CHANGES);
+        assert_eq!(changes.last().map(|c| c.term), Some(3 + extra));
+        assert_eq!(
+            changes.first().map(|c| c.term),
+            Some(3 + extra - u64::try_from(MAX_LEADER_CHANGES).unwrap() + 1)
+        );
     }
 
     /// Addresses must be plain host:port with a non-zero port.

@@ -3,13 +3,19 @@
 //! Every input a client can send is bounded here, before it can reach a Raft log. The numbers
 //! follow the interface contract (`docs/design.md#limits-and-timeouts`): keys up to 1 KiB, values
 //! up to 1 MiB, whole request bodies up to 1.5 MiB (a 1 MiB value plus its key and JSON framing,
-//! with room to spare).
+//! with room to spare), and values nested at most 256 levels deep.
 
 /// Largest key, in bytes of its UTF-8 encoding.
 pub const MAX_KEY_BYTES: usize = 1024;
 
 /// Largest value, in bytes of its JSON text as sent.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Deepest nesting of arrays and objects in a stored value (`[[1]]` is 2 levels deep; a scalar
+/// is 0). Deeper values are refused, because readers that parse recursively (serde_json's
+/// `Value` stops at 128, Python's `json` at about 1,000) could not read them back, and a parser
+/// without a limit could be made to overflow its stack.
+pub const MAX_JSON_DEPTH: usize = 256;
 
 /// Largest HTTP request body the admin reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024 + 512 * 1024;

@@ -15,6 +15,7 @@
 //! (the storage crate does). `cmd/ravel_node` only parses flags and calls in here.
 
 pub mod config;
+pub mod contact;
 pub mod control_service;
 pub mod data_service;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod identity;
 pub mod kill;
 pub mod membership;
 pub mod migration;
+pub mod prevote;
 pub mod raft_net;
 pub mod raft_service;
 pub mod read_index;
@@ -120,20 +122,26 @@ async fn run_replica(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let storage = open_storage(&config, &shutdown).await?;
-    let raft = start_raft(&identity, &config, &storage).await?;
+    let contact = Arc::new(contact::Contact::default());
+    let raft = start_raft(&identity, &config, &storage, &contact).await?;
     let replica = Arc::new(Replica::new(
         identity.node_id,
         identity.cluster_id,
         raft.clone(),
         storage.reader(),
+        contact.clone(),
         // What peers dial, reported in `Status` and sent when joining.
-        config.raft_advertise.clone(),
-        config.grpcaddr.clone(),
+        (config.raft_advertise.clone(), config.grpcaddr.clone()),
     ));
+    let prevoter = prevote::PreVoter {
+        raft: raft.clone(),
+        log: storage.log_store(),
+        contact,
+    };
     // Not a child of `shutdown`: the servers stop when `wait_for_stop` says so, after it has
     // seen the shutdown, so that a server ending is only ever an unexpected failure.
     let servers_stop = CancellationToken::new();
-    let servers = match serve(&config, &replica, &storage, &servers_stop).await {
+    let servers = match serve(&config, &replica, &storage, &prevoter, &servers_stop).await {
         Ok(servers) => servers,
         Err(e) => {
             stop_raft_and_storage(&raft, &storage).await;
@@ -158,6 +166,12 @@ async fn run_replica(
             tasks_stop.clone(),
         )),
         tokio::spawn(http::count_raft_events(replica.clone(), tasks_stop.clone())),
+        tokio::spawn(prevote::run(
+            prevoter,
+            identity.cluster_id,
+            identity.node_id,
+            tasks_stop.clone(),
+        )),
     ];
     if !identity.bootstrap {
         tasks.push(tokio::spawn(membership::join_loop(
@@ -208,9 +222,10 @@ async fn start_raft(
     identity: &Identity,
     config: &NodeConfig,
     storage: &Storage,
+    contact: &Arc<contact::Contact>,
 ) -> Result<Raft, NodeError> {
     let raft_config = Arc::new(raft_config(identity.cluster_id, config.snapshot_threshold)?);
-    let network = NetworkFactory::new(identity.cluster_id);
+    let network = NetworkFactory::new(identity.cluster_id, contact.clone());
     let raft = Raft::new(
         identity.node_id,
         raft_config,
@@ -220,6 +235,8 @@ async fn start_raft(
     )
     .await
     .map_err(|e| NodeError::Raft(format!("starting Raft: {e}")))?;
+    // Elections wait for a won pre-vote (see `prevote`); off before the first timer can fire.
+    raft.runtime_config().elect(false);
     if identity.bootstrap {
         let initialized = raft
             .is_initialized()
@@ -249,6 +266,7 @@ async fn serve(
     config: &NodeConfig,
     replica: &Arc<Replica>,
     storage: &Storage,
+    prevoter: &prevote::PreVoter,
     stop: &CancellationToken,
 ) -> Result<Vec<JoinHandle<Result<(), NodeError>>>, NodeError> {
     let raft_listener = bind(&config.raftaddr).await?;
@@ -260,7 +278,7 @@ async fn serve(
     let raft_service = RaftTransportServer::new(RaftService::new(
         replica.cluster_id,
         replica.node_id,
-        replica.raft.clone(),
+        prevoter.clone(),
     ))
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);

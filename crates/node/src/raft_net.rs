@@ -26,6 +26,8 @@ use ravel_core::{ClusterId, NodeId};
 use ravel_proto::v1::RaftEnvelope;
 use ravel_proto::v1::raft_transport_client::RaftTransportClient;
 use ravel_storage::{RavelNode, TypeConfig};
+
+use crate::contact::Contact;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -74,15 +76,18 @@ pub(crate) type SnapshotResult =
 pub struct NetworkFactory {
     cluster_id: ClusterId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    contact: Arc<Contact>,
 }
 
 impl NetworkFactory {
-    /// A factory for the Raft group of `cluster_id`.
+    /// A factory for the Raft group of `cluster_id`; peers' acknowledgements are recorded in
+    /// `contact` (for check-quorum).
     #[must_use]
-    pub fn new(cluster_id: ClusterId) -> Self {
+    pub fn new(cluster_id: ClusterId, contact: Arc<Contact>) -> Self {
         Self {
             cluster_id,
             channels: Arc::new(Mutex::new(HashMap::new())),
+            contact,
         }
     }
 
@@ -115,6 +120,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &RavelNode) -> PeerClient {
         PeerClient {
             cluster_id: self.cluster_id,
+            contact: self.contact.clone(),
             target,
             addr: node.raft_addr.clone(),
             channel: self.channel(&node.raft_addr).map_err(|e| e.to_string()),
@@ -151,6 +157,7 @@ enum Rpc {
 /// openraft's connection to one peer.
 pub struct PeerClient {
     cluster_id: ClusterId,
+    contact: Arc<Contact>,
     target: NodeId,
     addr: String,
     channel: Result<Channel, String>,
@@ -257,6 +264,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .call(Rpc::AppendEntries, &rpc, &option, entries)
             .await
             .map_err(retype)?;
+        if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.acked_by(self.target);
+        }
         answer
             .map_err(|f| RPCError::RemoteError(RemoteError::new(self.target, RaftError::Fatal(f))))
     }

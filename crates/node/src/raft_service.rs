@@ -6,7 +6,9 @@
 //! back. This module must not interpret Raft messages beyond that.
 
 use openraft::error::RaftError;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use ravel_core::{ClusterId, NodeId};
 use ravel_proto::v1::raft_transport_server::RaftTransport;
 use ravel_proto::v1::{RaftEnvelope, RaftReply};
@@ -15,6 +17,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::handover::TimeoutNow;
+use crate::prevote::{PreVoteRequest, PreVoter};
 use crate::raft_net::{FatalOr, SnapshotResult, decode, encode};
 
 /// The Raft transport service of one replica.
@@ -22,16 +25,19 @@ pub struct RaftService {
     cluster_id: ClusterId,
     node_id: NodeId,
     raft: Raft,
+    prevoter: PreVoter,
 }
 
 impl RaftService {
-    /// The service for replica `node_id` of cluster `cluster_id`.
+    /// The service for replica `node_id` of cluster `cluster_id`; it records in the
+    /// pre-voter's contact every leader message Raft accepts.
     #[must_use]
-    pub fn new(cluster_id: ClusterId, node_id: NodeId, raft: Raft) -> Self {
+    pub fn new(cluster_id: ClusterId, node_id: NodeId, prevoter: PreVoter) -> Self {
         Self {
             cluster_id,
             node_id,
-            raft,
+            raft: prevoter.raft.clone(),
+            prevoter,
         }
     }
 
@@ -81,7 +87,11 @@ impl RaftTransport for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let payload = self.accept(request.into_inner())?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&payload).map_err(bad_payload)?;
-        reply(&fatal_only(self.raft.append_entries(rpc).await))
+        let answer = fatal_only(self.raft.append_entries(rpc).await);
+        if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+            self.prevoter.contact.heard_from_leader();
+        }
+        reply(&answer)
     }
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftReply>, Status> {
@@ -97,6 +107,9 @@ impl RaftTransport for RaftService {
         let payload = self.accept(request.into_inner())?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload).map_err(bad_payload)?;
         let answer: SnapshotResult = self.raft.install_snapshot(rpc).await;
+        if answer.is_ok() {
+            self.prevoter.contact.heard_from_leader();
+        }
         reply(&answer)
     }
 
@@ -107,6 +120,15 @@ impl RaftTransport for RaftService {
         let payload = self.accept(request.into_inner())?;
         let rpc: TimeoutNow = decode(&payload).map_err(bad_payload)?;
         reply(&self.campaign(&rpc).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let payload = self.accept(request.into_inner())?;
+        let rpc: PreVoteRequest = decode(&payload).map_err(bad_payload)?;
+        reply(&self.prevoter.answer(&rpc))
     }
 }
 
@@ -151,16 +173,22 @@ mod tests {
     async fn service(dir: &std::path::Path) -> (RaftService, Raft) {
         let storage = Storage::open(dir).unwrap();
         let config = Arc::new(crate::raft_config(7, 100).unwrap());
+        let contact = Arc::new(crate::contact::Contact::default());
         let raft = Raft::new(
             3,
             config,
-            NetworkFactory::new(7),
+            NetworkFactory::new(7, contact.clone()),
             storage.log_store(),
             storage.state_machine(),
         )
         .await
         .unwrap();
-        (RaftService::new(7, 3, raft.clone()), raft)
+        let prevoter = PreVoter {
+            raft: raft.clone(),
+            log: storage.log_store(),
+            contact,
+        };
+        (RaftService::new(7, 3, prevoter), raft)
     }
 
     fn envelope(

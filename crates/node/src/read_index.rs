@@ -10,6 +10,7 @@
 //! the rounds run back to back and each costs every queued read a share of one round trip.
 //! This module must not speak gRPC.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -17,8 +18,9 @@ use ravel_core::NodeId;
 use ravel_storage::Raft;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::contact::Contact;
 use crate::error::NodeError;
-use crate::replica::{NotLeader, READ_INDEX_TIMEOUT_MS, not_leader_hint};
+use crate::replica::{NotLeader, READ_INDEX_TIMEOUT_MS, check_leader, not_leader_hint};
 
 /// Reads that may wait for a round; beyond this a read is refused as overloaded (definite).
 pub const READ_QUEUE_CAPACITY: usize = 8192;
@@ -53,9 +55,9 @@ pub struct ReadIndex {
 impl ReadIndex {
     /// Starts the read-index task for `raft` (the replica `node_id`); must run inside tokio.
     #[must_use]
-    pub fn start(raft: Raft, node_id: NodeId) -> Self {
+    pub fn start(raft: Raft, node_id: NodeId, contact: Arc<Contact>) -> Self {
         let (tx, rx) = mpsc::channel(READ_QUEUE_CAPACITY);
-        tokio::spawn(run(rx, raft, node_id));
+        tokio::spawn(run(rx, raft, node_id, contact));
         Self { tx }
     }
 
@@ -80,7 +82,7 @@ impl ReadIndex {
 }
 
 /// The round loop: take every queued read, confirm once, answer them all.
-async fn run(mut rx: mpsc::Receiver<Waiter>, raft: Raft, node_id: NodeId) {
+async fn run(mut rx: mpsc::Receiver<Waiter>, raft: Raft, node_id: NodeId, contact: Arc<Contact>) {
     while let Some(first) = rx.recv().await {
         // Everything taken here was queued before the round below starts.
         let mut round = vec![first];
@@ -92,7 +94,11 @@ async fn run(mut rx: mpsc::Receiver<Waiter>, raft: Raft, node_id: NodeId) {
         }
         #[allow(clippy::cast_precision_loss)] // Prometheus samples are f64.
         metrics::histogram!("ravel_node_read_index_round_reads").record(round.len() as f64);
-        let outcome = confirm(&raft, node_id).await;
+        // A leader that lost its majority refuses at once rather than waiting out a round.
+        let outcome = match check_leader(&raft, node_id, &contact) {
+            Ok(()) => confirm(&raft, node_id).await,
+            Err(not_leader) => Err(Refused::NotLeader(not_leader)),
+        };
         for waiter in round {
             // The reader may have given up waiting; nothing to tell it then.
             let _ = waiter.send(outcome.clone());

@@ -15,6 +15,7 @@ use ravel_core::limits::DATA_RPC_TIMEOUT_MS;
 use ravel_core::{ClusterId, NodeId};
 use ravel_storage::{Raft, RavelNode, SmReader};
 
+use crate::contact::Contact;
 use crate::error::NodeError;
 use crate::read_index::ReadIndex;
 use crate::write_batcher::WriteBatcher;
@@ -35,6 +36,8 @@ pub struct Replica {
     pub grpc_addr: String,
     /// Closed while a stopping leader hands its leadership over (see [`ProposalGate`]).
     pub gate: Arc<ProposalGate>,
+    /// Who this replica hears and who hears it (pre-vote and check-quorum).
+    pub contact: Arc<Contact>,
     writes: WriteBatcher,
     reads: ReadIndex,
 }
@@ -84,12 +87,21 @@ impl From<NotLeader> for NodeError {
     }
 }
 
-/// `Ok` when replica `node_id` leads `raft` now; otherwise NOT_LEADER with the best hint known.
-pub fn check_leader(raft: &Raft, node_id: NodeId) -> Result<(), NotLeader> {
+/// `Ok` when replica `node_id` leads `raft` now and a majority has heard from it recently
+/// (check-quorum, see [`Contact::leader_has_quorum`]); otherwise NOT_LEADER with the best hint
+/// known (none from a leader that lost its majority: the majority may have a new one).
+pub fn check_leader(raft: &Raft, node_id: NodeId, contact: &Contact) -> Result<(), NotLeader> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
     if m.state == ServerState::Leader && m.current_leader == Some(node_id) {
-        return Ok(());
+        let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
+        if contact.leader_has_quorum(node_id, &voters) {
+            return Ok(());
+        }
+        return Err(NotLeader {
+            leader_id: None,
+            leader_grpc_addr: None,
+        });
     }
     // Pointing a caller at ourselves would only send it back here.
     let leader_id = m.current_leader.filter(|id| *id != node_id);
@@ -137,14 +149,16 @@ impl Replica {
         cluster_id: ClusterId,
         raft: Raft,
         reader: SmReader,
-        raft_addr: String,
-        grpc_addr: String,
+        contact: Arc<Contact>,
+        addrs: (String, String),
     ) -> Self {
+        let (raft_addr, grpc_addr) = addrs;
         let gate = Arc::new(ProposalGate::default());
         Self {
-            writes: WriteBatcher::start(raft.clone(), node_id, gate.clone()),
+            writes: WriteBatcher::start(raft.clone(), node_id, gate.clone(), contact.clone()),
             gate,
-            reads: ReadIndex::start(raft.clone(), node_id),
+            reads: ReadIndex::start(raft.clone(), node_id, contact.clone()),
+            contact,
             node_id,
             cluster_id,
             raft,
@@ -168,7 +182,7 @@ impl Replica {
 
     /// `Ok` when this replica is the leader now; otherwise NOT_LEADER with the best hint known.
     pub fn ensure_leader(&self) -> Result<(), NodeError> {
-        Ok(check_leader(&self.raft, self.node_id)?)
+        Ok(check_leader(&self.raft, self.node_id, &self.contact)?)
     }
 
     /// The NOT_LEADER answer for a hint openraft gave.

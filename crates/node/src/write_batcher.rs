@@ -22,6 +22,7 @@ use ravel_core::command::{Command, CommandResult};
 use ravel_storage::Raft;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::contact::Contact;
 use crate::error::NodeError;
 use crate::replica::{ProposalGate, WRITE_TIMEOUT_MS, check_leader};
 
@@ -57,9 +58,22 @@ impl WriteBatcher {
     /// Starts the batching task for `raft` (the replica `node_id`), whose proposals pass
     /// `gate`; must run inside tokio.
     #[must_use]
-    pub fn start(raft: Raft, node_id: NodeId, gate: Arc<ProposalGate>) -> Self {
+    pub fn start(
+        raft: Raft,
+        node_id: NodeId,
+        gate: Arc<ProposalGate>,
+        contact: Arc<Contact>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        tokio::spawn(run(rx, raft, node_id, gate));
+        tokio::spawn(run(
+            rx,
+            Proposer {
+                raft,
+                node_id,
+                gate,
+                contact,
+            },
+        ));
         Self { tx }
     }
 
@@ -85,7 +99,16 @@ impl WriteBatcher {
 }
 
 /// The batching loop: wait for a free slot, take everything queued, propose it.
-async fn run(mut rx: mpsc::Receiver<Queued>, raft: Raft, node_id: NodeId, gate: Arc<ProposalGate>) {
+/// What proposing a batch needs: the Raft handle, who we are, the gate and the quorum check.
+#[derive(Clone)]
+struct Proposer {
+    raft: Raft,
+    node_id: NodeId,
+    gate: Arc<ProposalGate>,
+    contact: Arc<Contact>,
+}
+
+async fn run(mut rx: mpsc::Receiver<Queued>, proposer: Proposer) {
     let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -102,7 +125,7 @@ async fn run(mut rx: mpsc::Receiver<Queued>, raft: Raft, node_id: NodeId, gate: 
                 Err(_) => break,
             }
         }
-        tokio::spawn(propose(raft.clone(), node_id, gate.clone(), batch, slot));
+        tokio::spawn(propose(proposer.clone(), batch, slot));
     }
 }
 
@@ -116,20 +139,20 @@ fn command_bytes(command: &Command) -> usize {
 }
 
 /// Proposes one batch and hands each command its answer.
-async fn propose(
-    raft: Raft,
-    node_id: NodeId,
-    gate: Arc<ProposalGate>,
-    batch: Vec<Queued>,
-    _slot: OwnedSemaphorePermit,
-) {
+async fn propose(proposer: Proposer, batch: Vec<Queued>, _slot: OwnedSemaphorePermit) {
+    let Proposer {
+        raft,
+        node_id,
+        gate,
+        contact,
+    } = proposer;
     // Leadership may have moved (or be being handed over) while the commands waited: then
     // nothing is proposed, and NOT_LEADER is a definite answer.
     let pass = gate.enter().await;
     if let Err(not_leader) = pass
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|_| check_leader(&raft, node_id))
+        .and_then(|_| check_leader(&raft, node_id, &contact))
     {
         for queued in batch {
             let _ = queued.reply.send(Err(not_leader.clone().into()));

@@ -79,6 +79,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+impl LogStore {
+    /// The id of the last entry in the log (what a Raft vote compares), read without I/O.
+    pub fn last_log_id(&self) -> Option<openraft::LogId<u64>> {
+        self.wal.log_state().1
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 

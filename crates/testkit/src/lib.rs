@@ -1,7 +1,7 @@
 //! Test harness for Ravel-rs end-to-end tests: starts the real `ravel_admin` and `ravel_node`
 //! binaries on loopback, waits on readiness by polling (never sleeping for correctness), injects
 //! faults (`kill -9`, SIGSTOP/SIGCONT, restart with the same command line) and kills every
-//! process it started when dropped.
+//! process it started when dropped. [`browser`] renders pages in headless Chromium.
 //!
 //! Each [`TestCluster`] lives in its own directory under `target/e2e-logs/`; the directory (with
 //! every process's log) is deleted when the test passes and kept when it panics, and its path is
@@ -24,6 +24,7 @@ use ravel_proto::v1::data_client::DataClient;
 use ravel_proto::v1::{StatusReply, StatusRequest};
 use serde_json::Value;
 
+pub mod browser;
 pub mod chaos;
 pub mod history;
 pub mod linearizability;
