@@ -212,9 +212,11 @@ new_leader_elected() {
 wait_for "a new leader of cluster 1" 60 new_leader_elected || fail "no new leader in cluster 1"
 new_leader=$(cluster_field 1 .leader)
 pass "replica $new_leader ($(service_of "$new_leader")) leads cluster 1 now"
+# Winning an election takes a log as up to date as a majority's.
 if [ "$leader" = "$follower" ]; then
-  # It won an election after the reconnect, which takes a log as up to date as a majority's.
-  why="$cut_service had led cluster 1 since the reconnect; committed by the other two"
+  why="$cut_service had won an election since the reconnect; committed by the other two"
+elif [ "$new_leader" = "$follower" ]; then
+  why="committed by $cut_service, elected leader, and its one live peer"
 else
   why="committed by $cut_service and its one live peer, so with its log matching the leader's"
 fi
