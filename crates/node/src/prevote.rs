@@ -2,15 +2,20 @@
 //! term and depose a healthy leader when it comes back (openraft has pre-vote only in its 0.10
 //! alpha series, which is not ready to build a store on).
 //!
-//! Every replica runs with openraft's election timer switched off. This task watches how long
-//! the replica has not heard a leader ([`Contact::since_leader`]); past the shortest election
-//! timeout it asks every other voter `PreVote`: "would you vote for me?" A peer says yes only
-//! when it has not heard a leader for that long either, does not lead itself, and our log is at
-//! least as up to date as its own — exactly the conditions under which a real election could
-//! succeed. With a majority of yeses (ours included) the timer is switched on and openraft
-//! elects as usual; as soon as a leader is heard again it is switched off. A replica that cannot
-//! reach a majority never gets the yeses, so its term stays where it was, and on rejoining it
-//! simply follows the leader it hears.
+//! Every replica runs with openraft's election timer switched off; this task decides when to
+//! campaign. It watches how long the replica has not heard a leader ([`Contact::since_leader`]);
+//! past openraft's leader lease (plus a random jitter, so that two followers of a dead leader
+//! rarely campaign at once) it asks every other voter `PreVote`: "would you vote for me?" A peer
+//! says yes only when it has not heard a leader for a lease either, does not lead itself, and
+//! our log is at least as up to date as its own — the conditions under which it would grant the
+//! real vote. With a majority of yeses (ours included) the replica campaigns at once
+//! (`trigger().elect()`), and not again before an election timeout has passed. A replica that
+//! cannot reach a majority never gets the yeses, so its term stays where it was, and on
+//! rejoining it simply follows the leader it hears.
+//!
+//! This also makes failover faster than openraft's own timer, which waits a lease *plus* an
+//! election timeout after the last heartbeat: a new leader is elected about one lease (plus the
+//! jitter) after the old one fell silent.
 //!
 //! This only ever delays elections, never allows one Raft would refuse, so safety is openraft's
 //! as before. The task also tells the [`Contact`] when this replica becomes leader (the start of
@@ -29,16 +34,21 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::ELECTION_TIMEOUT_MIN_MS;
 use crate::contact::Contact;
 use crate::raft_net::{decode, encode, lazy_channel};
+use crate::{ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS};
 
 /// How often a replica that hears no leader asks for pre-votes.
 pub const PREVOTE_INTERVAL: Duration = Duration::from_millis(100);
 /// Deadline of one `PreVote` call.
 pub const PREVOTE_DEADLINE: Duration = Duration::from_millis(300);
-/// Silence from any leader after which a replica (or a peer it asks) considers electing.
-pub const LEADER_SILENCE: Duration = Duration::from_millis(ELECTION_TIMEOUT_MIN_MS);
+/// Silence from any leader after which a peer grants a pre-vote: openraft's leader lease (the
+/// longest election timeout), after which it would also grant the real vote.
+pub const LEADER_SILENCE: Duration = Duration::from_millis(ELECTION_TIMEOUT_MAX_MS);
+/// A replica asks for pre-votes after [`LEADER_SILENCE`] plus a random share of this, drawn
+/// anew each time, so that two followers of a dead leader rarely campaign at the same instant
+/// and split the vote.
+pub const PREVOTE_JITTER_MS: u64 = 300;
 
 /// The `PreVote` question.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,9 +102,10 @@ pub async fn run(
 ) {
     let PreVoter { raft, log, contact } = voter;
     raft.runtime_config().elect(false);
-    let mut elections_on = false;
     let mut metrics = raft.metrics();
     let mut was_leader = false;
+    // No campaign before this instant: the previous one gets an election timeout to finish.
+    let mut next_campaign = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(PREVOTE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -113,36 +124,37 @@ pub async fn run(
             }
             _ = tick.tick() => {}
         }
-        if was_leader || contact.since_leader() < LEADER_SILENCE {
-            if elections_on {
-                raft.runtime_config().elect(false);
-                elections_on = false;
-            }
-            continue;
-        }
         let Some(peers) = voter_peers(&raft, node) else {
             continue;
         };
+        let silence = contact.since_leader();
+        let jitter = Duration::from_millis(rand::random_range(0..PREVOTE_JITTER_MS));
+        // A single voter has nobody to wait for; others wait out their peers' leases.
+        let waiting = !peers.is_empty() && silence < LEADER_SILENCE + jitter;
+        if was_leader || waiting || tokio::time::Instant::now() < next_campaign {
+            continue;
+        }
         let request = PreVoteRequest {
             candidate: node,
             last_log_id: log.last_log_id(),
         };
         let voters = peers.len() + 1;
         let yeses = 1 + ask_peers(cluster, &peers, &request).await;
-        let majority = yeses > voters / 2;
-        if majority != elections_on {
-            raft.runtime_config().elect(majority);
-            elections_on = majority;
-            if majority {
-                tracing::info!(
-                    votes = yeses,
-                    voters,
-                    "no leader heard: pre-vote won, elections on"
-                );
-            } else {
-                tracing::info!(votes = yeses, voters, "pre-vote lost: elections off");
-            }
+        if yeses <= voters / 2 {
+            tracing::debug!(votes = yeses, voters, "pre-vote lost: no election");
+            continue;
         }
+        tracing::info!(
+            votes = yeses,
+            voters,
+            silence_ms = u64::try_from(silence.as_millis()).unwrap_or(u64::MAX),
+            "no leader heard and pre-vote won: campaigning"
+        );
+        if raft.trigger().elect().await.is_err() {
+            return;
+        }
+        let timeout = rand::random_range(ELECTION_TIMEOUT_MIN_MS..ELECTION_TIMEOUT_MAX_MS);
+        next_campaign = tokio::time::Instant::now() + Duration::from_millis(timeout);
     }
 }
 
