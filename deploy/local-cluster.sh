@@ -37,7 +37,7 @@ pids+=($!)
 start_replica() {
   local c=$1 i=$2 flag=$3
   "$bin/ravel_node" start -s "$dir/c${c}n${i}" -g "127.0.0.1:7${c}${i}0" -r "127.0.0.1:7${c}${i}1" \
-    -a "$admin_grpc" $flag >>"$dir/c${c}n${i}.log" 2>&1 &
+    -a "$admin_grpc" ${flag:+"$flag"} >>"$dir/c${c}n${i}.log" 2>&1 &
   pids+=($!)
 }
 wait_replicas() {
