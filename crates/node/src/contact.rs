@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ravel_core::NodeId;
@@ -31,6 +31,10 @@ pub struct Contact {
     acked_by: Mutex<HashMap<NodeId, Instant>>,
     /// Milliseconds after `epoch` at which this replica last became leader.
     leader_since_ms: AtomicU64,
+    /// Set while a leader that lost its majority stands aside (see [`Contact::stand_aside`]).
+    aside: AtomicBool,
+    /// Wakes [`Contact::wait_aside`] when the leader starts standing aside.
+    aside_set: tokio::sync::Notify,
 }
 
 impl Default for Contact {
@@ -40,6 +44,8 @@ impl Default for Contact {
             from_leader_ms: AtomicU64::new(0),
             acked_by: Mutex::new(HashMap::new()),
             leader_since_ms: AtomicU64::new(0),
+            aside: AtomicBool::new(false),
+            aside_set: tokio::sync::Notify::new(),
         }
     }
 }
@@ -68,6 +74,35 @@ impl Contact {
     /// This replica has just become leader (it won a majority's votes now).
     pub fn became_leader(&self) {
         self.leader_since_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Check-quorum's step aside: while `aside`, this (leader) replica sends no append-entries
+    /// or snapshots (openraft 0.9 cannot make a leader step down), so the followers it still
+    /// reaches fall silent and elect a leader a majority hears. Cleared when the leadership ends.
+    pub fn stand_aside(&self, aside: bool) {
+        self.aside.store(aside, Ordering::Relaxed);
+        if aside {
+            self.aside_set.notify_waiters();
+        }
+    }
+
+    /// Resolves once this replica stands aside: a proposal still waiting then will not be
+    /// committed by this leader, and its writer is better told now than at its deadline.
+    pub async fn wait_aside(&self) {
+        loop {
+            let notified = self.aside_set.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_aside() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether this replica stands aside (see [`Contact::stand_aside`]).
+    pub fn is_aside(&self) -> bool {
+        self.aside.load(Ordering::Relaxed)
     }
 
     fn acks(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {

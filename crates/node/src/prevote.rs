@@ -119,6 +119,10 @@ pub async fn run(
                 if leads && !was_leader {
                     contact.became_leader();
                 }
+                if leads != was_leader && contact.is_aside() {
+                    tracing::info!("leadership changed: no longer standing aside");
+                    contact.stand_aside(false);
+                }
                 was_leader = leads;
                 continue;
             }
@@ -127,6 +131,21 @@ pub async fn run(
         let Some(peers) = voter_peers(&raft, node) else {
             continue;
         };
+        if was_leader {
+            // Check-quorum: a leader no majority acknowledges stands aside — it sends nothing
+            // more, so that the followers it still reaches fall silent and elect a leader the
+            // majority hears (it refuses every request meanwhile, see `replica::check_leader`).
+            let mut voters: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
+            voters.push(node);
+            if !contact.is_aside() && !contact.leader_has_quorum(node, &voters) {
+                tracing::warn!(
+                    "no majority acknowledged this leader for an election timeout: refusing \
+                     requests and standing aside so that the others can elect"
+                );
+                contact.stand_aside(true);
+            }
+            continue;
+        }
         let silence = contact.since_leader();
         let jitter = Duration::from_millis(rand::random_range(0..PREVOTE_JITTER_MS));
         // A single voter has nobody to wait for; others wait out their peers' leases.

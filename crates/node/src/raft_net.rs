@@ -259,6 +259,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RavelNode, RaftError<NodeId>>> {
+        if self.contact.is_aside() {
+            return Err(TransportFailure::Unreachable {
+                addr: self.addr.clone(),
+                message: "this leader lost its majority and stands aside".into(),
+            }
+            .into_rpc());
+        }
         let entries = rpc.entries.len();
         let answer: FatalOr<AppendEntriesResponse<NodeId>> = self
             .call(Rpc::AppendEntries, &rpc, &option, entries)
@@ -279,6 +286,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, RavelNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        if self.contact.is_aside() {
+            return Err(TransportFailure::Unreachable {
+                addr: self.addr.clone(),
+                message: "this leader lost its majority and stands aside".into(),
+            }
+            .into_rpc());
+        }
         let answer: SnapshotResult = self.call(Rpc::InstallSnapshot, &rpc, &option, 1).await?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }

@@ -169,12 +169,20 @@ async fn propose(proposer: Proposer, batch: Vec<Queued>, _slot: OwnedSemaphorePe
         Command::Batch(commands)
     };
     let deadline = Duration::from_millis(WRITE_TIMEOUT_MS);
-    let answers = match tokio::time::timeout(deadline, raft.client_write(command)).await {
-        Err(_elapsed) => Err(format!(
+    let proposed = tokio::select! {
+        answer = tokio::time::timeout(deadline, raft.client_write(command)) => Some(answer),
+        () = contact.wait_aside() => None,
+    };
+    let answers = match proposed {
+        None => Err(
+            "the command was proposed, then the leader lost its majority before it was committed"
+                .to_owned(),
+        ),
+        Some(Err(_elapsed)) => Err(format!(
             "the command was proposed but not answered within {WRITE_TIMEOUT_MS} ms"
         )),
-        Ok(Err(e)) => Err(format!("the command was proposed but Raft answered: {e}")),
-        Ok(Ok(response)) => match (response.data, replies.len()) {
+        Some(Ok(Err(e))) => Err(format!("the command was proposed but Raft answered: {e}")),
+        Some(Ok(Ok(response))) => match (response.data, replies.len()) {
             (CommandResult::Batch(answers), n) if n > 1 && answers.len() == n => Ok(answers),
             (answer, 1) => Ok(vec![answer]),
             (other, n) => Err(format!(
