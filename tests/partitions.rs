@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use ravel_core::limits::DEFAULT_PARTITIONS;
-use ravel_proto::v1::GetRequest;
+use ravel_proto::v1::node_error::Kind;
+use ravel_proto::v1::{GetRequest, PutRequest};
 use ravel_testkit::workload::{Workload, WorkloadConfig, read_finals};
 use ravel_testkit::{TestCluster, wait_until};
 use serde_json::json;
@@ -134,6 +135,68 @@ async fn isolated_follower_rejoins_without_deposing_the_leader() -> Result<()> {
             "rejoin:{i}: {code} {body}"
         );
     }
+    tc.finish();
+    Ok(())
+}
+
+/// Check-quorum: a leader cut off from both followers, once no majority has acknowledged it for
+/// an election timeout, refuses a write sent straight to it with a definite NOT_LEADER (nothing
+/// proposed) instead of proposing it and holding it until the write deadline (an unknown
+/// outcome); meanwhile the followers elect a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cut_off_leader_refuses_writes_once_it_loses_its_majority() -> Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tc = common::new_cluster("partition_check_quorum")?.with_raft_proxies();
+    common::start_clusters(&mut tc, 1, REPLICAS).await?;
+    let names = common::members(&tc, 1);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leader = tc.wait_leader(&refs).await?;
+    let cluster_id = tc.status(&leader).await?.cluster_id;
+    // Past the lease that follows its election, during which a leader counts as heard.
+    tokio::time::sleep(Duration::from_millis(
+        ravel_node::ELECTION_TIMEOUT_MAX_MS + 200,
+    ))
+    .await;
+
+    tc.isolate_node(&leader);
+    tokio::time::sleep(Duration::from_millis(
+        ravel_node::ELECTION_TIMEOUT_MAX_MS + 500,
+    ))
+    .await;
+    let key = "check-quorum";
+    let mut client = tc.data_client(&leader).await?;
+    let started = Instant::now();
+    let reply = client
+        .put(PutRequest {
+            cluster_id,
+            partition: ravel_core::partition_of(key.as_bytes(), DEFAULT_PARTITIONS),
+            key: key.as_bytes().to_vec(),
+            value: b"1".to_vec().into(),
+            cas: None,
+        })
+        .await?
+        .into_inner();
+    let took = started.elapsed();
+    let kind = reply
+        .error
+        .as_ref()
+        .map(|e| Kind::try_from(e.kind).unwrap_or(Kind::Unspecified));
+    eprintln!("the cut-off leader answered {kind:?} after {took:?}");
+    ensure!(
+        kind == Some(Kind::NotLeader),
+        "the cut-off leader answered {:?} after {took:?}, not a definite NOT_LEADER",
+        reply.error
+    );
+    let survivors: Vec<&str> = refs.iter().copied().filter(|n| *n != leader).collect();
+    let successor = tc.wait_leader(&survivors).await?;
+    ensure!(successor != leader);
+    tc.heal_network();
+    wait_until(
+        "the old leader follows again",
+        CATCH_UP_DEADLINE,
+        || async { tc.status(&leader).await.is_ok_and(|s| s.role == "follower") },
+    )
+    .await?;
     tc.finish();
     Ok(())
 }
