@@ -56,16 +56,10 @@ fn spawn_writers(
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_to_a_leader_hands_over_and_fails_no_request() -> Result<()> {
     let mut tc = common::new_cluster("sigterm_leader")?;
-    common::start_clusters(&mut tc, 1, 3).await?;
-    let names = common::members(&tc, 1);
+    let (names, leader) = common::start_one_cluster(&mut tc).await?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let leader = tc.wait_leader(&refs).await?;
     let term_before = tc.status(&leader).await?.term;
-    // A leader rejects a successor's campaign during its first lease after its election.
-    tokio::time::sleep(Duration::from_millis(
-        ravel_node::ELECTION_TIMEOUT_MAX_MS + 200,
-    ))
-    .await;
+    common::sleep_past_first_lease().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(&tc, 4, &stop);
@@ -182,10 +176,7 @@ fn admin_cli(args: &[&str]) -> Result<(i32, String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_probes_and_client_commands_on_a_running_cluster() -> Result<()> {
     let mut tc = common::new_cluster("operations")?;
-    common::start_clusters(&mut tc, 1, 3).await?;
-    let names = common::members(&tc, 1);
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let leader = tc.wait_leader(&refs).await?;
+    let (names, leader) = common::start_one_cluster(&mut tc).await?;
     let leader_metrics = format!("http://{}/metrics", tc.node(&leader).http_addr);
     let admin_metrics = tc.url("/metrics");
 

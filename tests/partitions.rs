@@ -71,10 +71,7 @@ async fn paused_leader_is_replaced_and_resumes_as_follower() {
 async fn isolated_follower_rejoins_without_deposing_the_leader() -> Result<()> {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut tc = common::new_cluster("partition_follower_rejoin")?.with_raft_proxies();
-    common::start_clusters(&mut tc, 1, REPLICAS).await?;
-    let names = common::members(&tc, 1);
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let leader = tc.wait_leader(&refs).await?;
+    let (names, leader) = common::start_one_cluster(&mut tc).await?;
     let term = tc.status(&leader).await?.term;
     let follower = names
         .iter()
@@ -147,16 +144,10 @@ async fn isolated_follower_rejoins_without_deposing_the_leader() -> Result<()> {
 async fn cut_off_leader_refuses_writes_once_it_loses_its_majority() -> Result<()> {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut tc = common::new_cluster("partition_check_quorum")?.with_raft_proxies();
-    common::start_clusters(&mut tc, 1, REPLICAS).await?;
-    let names = common::members(&tc, 1);
+    let (names, leader) = common::start_one_cluster(&mut tc).await?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let leader = tc.wait_leader(&refs).await?;
     let cluster_id = tc.status(&leader).await?.cluster_id;
-    // Past the lease that follows its election, during which a leader counts as heard.
-    tokio::time::sleep(Duration::from_millis(
-        ravel_node::ELECTION_TIMEOUT_MAX_MS + 200,
-    ))
-    .await;
+    common::sleep_past_first_lease().await;
 
     tc.isolate_node(&leader);
     tokio::time::sleep(Duration::from_millis(

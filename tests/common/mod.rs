@@ -32,6 +32,25 @@ pub async fn start_clusters(tc: &mut TestCluster, clusters: usize, replicas: usi
     tc.wait_ready().await
 }
 
+/// Starts the admin and one cluster of three replicas (see [`start_clusters`]); returns the
+/// replicas' names and the one that leads.
+pub async fn start_one_cluster(tc: &mut TestCluster) -> Result<(Vec<String>, String)> {
+    start_clusters(tc, 1, 3).await?;
+    let names = members(tc, 1);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leader = tc.wait_leader(&refs).await?;
+    Ok((names, leader))
+}
+
+/// Sleeps past the leader lease that follows an election: during it a new leader counts as
+/// heard by its majority and rejects a successor's campaign.
+pub async fn sleep_past_first_lease() {
+    tokio::time::sleep(std::time::Duration::from_millis(
+        ravel_node::ELECTION_TIMEOUT_MAX_MS + 200,
+    ))
+    .await;
+}
+
 /// Waits until `/v1/cluster` lists `n` replicas in all.
 pub async fn wait_replica_count(tc: &TestCluster, n: usize) -> Result<()> {
     ravel_testkit::wait_until(
