@@ -311,6 +311,10 @@ async fn metrics_probes_and_client_commands_on_a_running_cluster() -> Result<()>
     assert_eq!(code, 1);
     assert!(err.contains("no admin answered"), "{err}");
 
+    // SIGTERM stops the admin gracefully: exit 0.
+    let exit = tc.stop_admin().context("the admin did not exit within 10 s of SIGTERM")?;
+    assert!(exit.success(), "the admin exited with {exit}");
+
     // Log files are plain text: no ANSI colour escapes when standard error is not a terminal.
     for name in &names {
         let log = tc.node_log(name);

@@ -358,6 +358,12 @@ impl TestCluster {
         }
     }
 
+    /// Graceful stop (SIGTERM) of the admin; its exit status when it exited by itself within
+    /// 10 s, `None` when it had to be killed (or was not running).
+    pub fn stop_admin(&mut self) -> Option<std::process::ExitStatus> {
+        self.admin.as_mut()?.terminate(Duration::from_secs(10))
+    }
+
     /// Starts replica `name` (new: fresh dir and ports; known: the same command line again).
     /// Does not wait: use [`TestCluster::wait_ready`] or the `wait_*` helpers.
     pub fn start_node(&mut self, name: &str, leader: bool) -> Result<()> {
