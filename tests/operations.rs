@@ -312,7 +312,9 @@ async fn metrics_probes_and_client_commands_on_a_running_cluster() -> Result<()>
     assert!(err.contains("no admin answered"), "{err}");
 
     // SIGTERM stops the admin gracefully: exit 0.
-    let exit = tc.stop_admin().context("the admin did not exit within 10 s of SIGTERM")?;
+    let exit = tc
+        .stop_admin()
+        .context("the admin did not exit within 10 s of SIGTERM")?;
     assert!(exit.success(), "the admin exited with {exit}");
 
     // Log files are plain text: no ANSI colour escapes when standard error is not a terminal.

@@ -190,10 +190,6 @@ fn describe_metrics() {
         "Times the leader this replica knows changed (including to none)"
     );
     describe_counter!(
-        "ravel_node_raft_snapshots_total",
-        "Snapshots this replica built or installed since it started"
-    );
-    describe_counter!(
         "ravel_node_requests_total",
         "Data requests served, by method and code"
     );
@@ -275,14 +271,12 @@ fn commit_index(replica: &Replica, status: &StatusReply) -> u64 {
     held.get(held.len() / 2).copied().unwrap_or(0)
 }
 
-/// Watches openraft's metrics for leader changes and new snapshots and counts them, until
-/// `stop`. Runs whether or not `--http` is set (the counters then simply go unread).
-pub async fn count_raft_events(replica: Arc<Replica>, stop: CancellationToken) {
-    let mut rx = replica.raft.metrics();
-    let (mut leader, mut snapshot) = {
-        let m = rx.borrow();
-        (m.current_leader, m.snapshot)
-    };
+/// Counts the changes of the leader this replica knows, until `stop`. It watches openraft's
+/// server metrics, which change with the role, vote and membership only (not with every log
+/// append, as the full metrics do), so it costs nothing per request.
+pub async fn count_leader_changes(replica: Arc<Replica>, stop: CancellationToken) {
+    let mut rx = replica.raft.server_metrics();
+    let mut leader = rx.borrow().current_leader;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -292,10 +286,6 @@ pub async fn count_raft_events(replica: Arc<Replica>, stop: CancellationToken) {
         if m.current_leader != leader {
             leader = m.current_leader;
             metrics::counter!("ravel_node_raft_leader_changes_total").increment(1);
-        }
-        if m.snapshot != snapshot {
-            snapshot = m.snapshot;
-            metrics::counter!("ravel_node_raft_snapshots_total").increment(1);
         }
     }
 }

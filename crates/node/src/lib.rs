@@ -169,7 +169,10 @@ async fn run_replica(
             admin.clone(),
             tasks_stop.clone(),
         )),
-        tokio::spawn(http::count_raft_events(replica.clone(), tasks_stop.clone())),
+        tokio::spawn(http::count_leader_changes(
+            replica.clone(),
+            tasks_stop.clone(),
+        )),
         tokio::spawn(prevote::run(
             prevoter,
             identity.cluster_id,

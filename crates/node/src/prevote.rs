@@ -102,7 +102,8 @@ pub async fn run(
 ) {
     let PreVoter { raft, log, contact } = voter;
     raft.runtime_config().elect(false);
-    let mut metrics = raft.metrics();
+    // The server metrics change with the role only, not with every append.
+    let mut metrics = raft.server_metrics();
     let mut was_leader = false;
     // No campaign before this instant: the previous one gets an election timeout to finish.
     let mut next_campaign = tokio::time::Instant::now();

@@ -178,7 +178,9 @@ impl SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        self.build().await.raft(Op::WriteSnapshot)
+        let snapshot = self.build().await.raft(Op::WriteSnapshot)?;
+        crate::metrics::count_snapshot("built");
+        Ok(snapshot)
     }
 }
 

@@ -943,6 +943,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::count_snapshot("installed");
         Ok(())
     }
 
