@@ -156,6 +156,30 @@ mod tests {
         );
     }
 
+    /// A proposal waiting on `wait_aside` is released when the leader stands aside, and a
+    /// waiter that comes after returns at once.
+    #[tokio::test]
+    async fn standing_aside_releases_waiting_proposals() {
+        let contact = std::sync::Arc::new(Contact::default());
+        let waiter = tokio::spawn({
+            let contact = contact.clone();
+            async move { contact.wait_aside().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "released before the leader stood aside"
+        );
+        contact.stand_aside(true);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("released")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), contact.wait_aside())
+            .await
+            .expect("an aside leader releases a new waiter at once");
+    }
+
     #[test]
     fn silence_counts_from_the_last_leader_message() {
         let contact = Contact {
