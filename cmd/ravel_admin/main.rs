@@ -90,7 +90,7 @@ enum Command {
         /// The URL to check, e.g. http://127.0.0.1:8080/readyz.
         url: String,
         /// Give up after this many milliseconds.
-        #[arg(long, value_name = "MS", default_value_t = 2_000)]
+        #[arg(long, value_name = "MS", default_value_t = ravel_cli::DEFAULT_PROBE_TIMEOUT_MS)]
         timeout_ms: u64,
     },
 }
@@ -111,7 +111,7 @@ struct ClientArgs {
     )]
     output: ravel_cli::Output,
     /// Give up on an endpoint after this many milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    #[arg(long, value_name = "MS", default_value_t = ravel_cli::DEFAULT_TIMEOUT_MS)]
     timeout_ms: u64,
 }
 

@@ -8,6 +8,9 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+/// Longest wait for a TCP connection to one endpoint before the next is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why a command failed, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -121,7 +124,7 @@ impl Client {
     fn build(endpoints: Vec<String>, timeout: Duration) -> Result<Client, CliError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .connect_timeout(timeout.min(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| CliError::BadEndpoint {
                 endpoint: endpoints.join(","),

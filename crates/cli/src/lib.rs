@@ -17,6 +17,13 @@ pub use client::{Answer, CliError, Client};
 /// Default admin endpoint when neither `--endpoints` nor `RAVEL_ENDPOINTS` is given.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
 
+/// Default bound of one request to one endpoint (`--timeout-ms`): above the admin's own route
+/// budget, so that the admin's answer (503/504) arrives before the client gives up.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+
+/// Default bound of a `probe` (`--timeout-ms`): a health check must answer quickly.
+pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 2_000;
+
 /// How a command prints its answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Output {

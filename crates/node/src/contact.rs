@@ -113,7 +113,10 @@ impl Contact {
 
     /// Whether a majority of `voters` (this replica `me` included) has heard from us, as leader,
     /// within [`QUORUM_SILENCE`]. A leader elected less than that long ago has: its votes.
-    pub fn leader_has_quorum(&self, me: NodeId, voters: &[NodeId]) -> bool {
+    pub fn leader_has_quorum<I>(&self, me: NodeId, voters: I) -> bool
+    where
+        I: IntoIterator<Item = NodeId>,
+    {
         let since_elected = self
             .now_ms()
             .saturating_sub(self.leader_since_ms.load(Ordering::Relaxed));
@@ -121,11 +124,14 @@ impl Contact {
             return true;
         }
         let acks = self.acks();
-        let heard = voters
-            .iter()
-            .filter(|v| **v == me || acks.get(v).is_some_and(|at| at.elapsed() < QUORUM_SILENCE))
-            .count();
-        heard > voters.len() / 2
+        let (mut voters_seen, mut heard) = (0_usize, 0_usize);
+        for v in voters {
+            voters_seen += 1;
+            if v == me || acks.get(&v).is_some_and(|at| at.elapsed() < QUORUM_SILENCE) {
+                heard += 1;
+            }
+        }
+        heard > voters_seen / 2
     }
 }
 
@@ -142,16 +148,16 @@ mod tests {
             ..Contact::default()
         };
         assert!(
-            contact.leader_has_quorum(1, &[1]),
+            contact.leader_has_quorum(1, [1]),
             "a single voter is its own majority"
         );
-        assert!(!contact.leader_has_quorum(1, &[1, 2, 3]), "no ack at all");
+        assert!(!contact.leader_has_quorum(1, [1, 2, 3]), "no ack at all");
         contact.acked_by(2);
-        assert!(contact.leader_has_quorum(1, &[1, 2, 3]), "self and 2 of 3");
-        assert!(!contact.leader_has_quorum(1, &[1, 2, 3, 4, 5]), "2 of 5");
+        assert!(contact.leader_has_quorum(1, [1, 2, 3]), "self and 2 of 3");
+        assert!(!contact.leader_has_quorum(1, [1, 2, 3, 4, 5]), "2 of 5");
         contact.became_leader();
         assert!(
-            contact.leader_has_quorum(1, &[1, 2, 3, 4, 5]),
+            contact.leader_has_quorum(1, [1, 2, 3, 4, 5]),
             "just elected: its voters heard it"
         );
     }

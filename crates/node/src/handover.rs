@@ -20,12 +20,10 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use ravel_core::NodeId;
-use ravel_core::limits::MAX_GRPC_MESSAGE_BYTES;
 use ravel_proto::v1::RaftEnvelope;
-use ravel_proto::v1::raft_transport_client::RaftTransportClient;
 use serde::{Deserialize, Serialize};
 
-use crate::raft_net::{decode, encode, lazy_channel};
+use crate::raft_net::{NetworkFactory, decode, encode};
 use crate::replica::{NotLeader, Replica};
 
 /// Longest wait for the proposals in flight to be answered once the gate closes.
@@ -60,8 +58,8 @@ pub enum HandOver {
 
 /// Hands this replica's leadership to a caught-up voter (see the module doc). Never fails: the
 /// outcome is logged and returned.
-pub async fn hand_over(replica: &Replica) -> HandOver {
-    let outcome = try_hand_over(replica).await;
+pub async fn hand_over(replica: &Replica, network: &NetworkFactory) -> HandOver {
+    let outcome = try_hand_over(replica, network).await;
     match &outcome {
         HandOver::NotLeader => {}
         HandOver::Done { successor } => {
@@ -74,7 +72,7 @@ pub async fn hand_over(replica: &Replica) -> HandOver {
     outcome
 }
 
-async fn try_hand_over(replica: &Replica) -> HandOver {
+async fn try_hand_over(replica: &Replica, network: &NetworkFactory) -> HandOver {
     if replica.ensure_leader().is_err() {
         return HandOver::NotLeader;
     }
@@ -111,7 +109,7 @@ async fn try_hand_over(replica: &Replica) -> HandOver {
         leader: replica.node_id,
         leader_last_log_index: last_index,
     };
-    if let Err(reason) = send_timeout_now(replica, successor, &raft_addr, &request).await {
+    if let Err(reason) = send_timeout_now(replica, network, successor, &raft_addr, &request).await {
         return HandOver::Skipped(format!(
             "successor {successor} refused TimeoutNow: {reason}"
         ));
@@ -158,14 +156,12 @@ fn pick_successor(replica: &Replica) -> Option<(NodeId, String, String)> {
 
 async fn send_timeout_now(
     replica: &Replica,
+    network: &NetworkFactory,
     successor: NodeId,
     raft_addr: &str,
     request: &TimeoutNow,
 ) -> Result<(), String> {
-    let channel = lazy_channel(raft_addr).map_err(|e| e.to_string())?;
-    let mut client = RaftTransportClient::new(channel)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let mut client = network.client(raft_addr).map_err(|e| e.to_string())?;
     let payload = encode(request).map_err(|e| e.to_string())?;
     let mut call = tonic::Request::new(RaftEnvelope {
         cluster_id: replica.cluster_id,

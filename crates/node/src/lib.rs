@@ -127,7 +127,8 @@ async fn run_replica(
 ) -> Result<(), NodeError> {
     let storage = open_storage(&config, &shutdown).await?;
     let contact = Arc::new(contact::Contact::default());
-    let raft = start_raft(&identity, &config, &storage, &contact).await?;
+    let network = NetworkFactory::new(identity.cluster_id, contact.clone());
+    let raft = start_raft(&identity, &config, &storage, network.clone()).await?;
     let replica = Arc::new(Replica::new(
         identity.node_id,
         identity.cluster_id,
@@ -141,6 +142,7 @@ async fn run_replica(
         raft: raft.clone(),
         log: storage.log_store(),
         contact,
+        network: network.clone(),
     };
     // Not a child of `shutdown`: the servers stop when `wait_for_stop` says so, after it has
     // seen the shutdown, so that a server ending is only ever an unexpected failure.
@@ -189,7 +191,7 @@ async fn run_replica(
     }
     let outcome = wait_for_stop(servers, &servers_stop, &shutdown, async {
         // The servers still run: the successor's vote must reach this replica.
-        handover::hand_over(&replica).await;
+        handover::hand_over(&replica, &network).await;
     })
     .await;
     tracing::info!("stopping the replica");
@@ -229,10 +231,9 @@ async fn start_raft(
     identity: &Identity,
     config: &NodeConfig,
     storage: &Storage,
-    contact: &Arc<contact::Contact>,
+    network: NetworkFactory,
 ) -> Result<Raft, NodeError> {
     let raft_config = Arc::new(raft_config(identity.cluster_id, config.snapshot_threshold)?);
-    let network = NetworkFactory::new(identity.cluster_id, contact.clone());
     let raft = Raft::new(
         identity.node_id,
         raft_config,

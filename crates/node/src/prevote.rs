@@ -26,16 +26,14 @@ use std::time::Duration;
 
 use openraft::{LogId, ServerState};
 use ravel_core::NodeId;
-use ravel_core::limits::MAX_GRPC_MESSAGE_BYTES;
 use ravel_proto::v1::RaftEnvelope;
-use ravel_proto::v1::raft_transport_client::RaftTransportClient;
 use ravel_storage::{LogStore, Raft};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::contact::Contact;
-use crate::raft_net::{decode, encode, lazy_channel};
+use crate::raft_net::{NetworkFactory, decode, encode};
 use crate::{ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS};
 
 /// How often a replica that hears no leader asks for pre-votes.
@@ -63,6 +61,8 @@ pub struct PreVoter {
     pub raft: Raft,
     pub log: LogStore,
     pub contact: Arc<Contact>,
+    /// The Raft network's channels, reused to ask peers.
+    pub network: NetworkFactory,
 }
 
 impl PreVoter {
@@ -100,7 +100,12 @@ pub async fn run(
     node: NodeId,
     stop: CancellationToken,
 ) {
-    let PreVoter { raft, log, contact } = voter;
+    let PreVoter {
+        raft,
+        log,
+        contact,
+        network,
+    } = voter;
     raft.runtime_config().elect(false);
     // The server metrics change with the role only, not with every append.
     let mut metrics = raft.server_metrics();
@@ -136,9 +141,8 @@ pub async fn run(
             // Check-quorum: a leader no majority acknowledges stands aside — it sends nothing
             // more, so that the followers it still reaches fall silent and elect a leader the
             // majority hears (it refuses every request meanwhile, see `replica::check_leader`).
-            let mut voters: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
-            voters.push(node);
-            if !contact.is_aside() && !contact.leader_has_quorum(node, &voters) {
+            let voters = peers.iter().map(|(id, _)| *id).chain(std::iter::once(node));
+            if !contact.is_aside() && !contact.leader_has_quorum(node, voters) {
                 tracing::warn!(
                     "no majority acknowledged this leader for an election timeout: refusing \
                      requests and standing aside so that the others can elect"
@@ -159,7 +163,7 @@ pub async fn run(
             last_log_id: log.last_log_id(),
         };
         let voters = peers.len() + 1;
-        let yeses = 1 + ask_peers(cluster, &peers, &request).await;
+        let yeses = 1 + ask_peers(&network, cluster, &peers, &request).await;
         if yeses <= voters / 2 {
             tracing::debug!(votes = yeses, voters, "pre-vote lost: no election");
             continue;
@@ -180,6 +184,7 @@ pub async fn run(
 
 /// Asks every peer concurrently; returns how many said yes.
 async fn ask_peers(
+    network: &NetworkFactory,
     cluster: ravel_core::ClusterId,
     peers: &[(NodeId, String)],
     request: &PreVoteRequest,
@@ -190,10 +195,9 @@ async fn ask_peers(
     let mut calls = JoinSet::new();
     for (peer, addr) in peers.iter().cloned() {
         let payload = payload.clone();
+        let client = network.client(&addr);
         calls.spawn(async move {
-            let channel = lazy_channel(&addr).ok()?;
-            let mut client =
-                RaftTransportClient::new(channel).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+            let mut client = client.ok()?;
             let mut call = tonic::Request::new(RaftEnvelope {
                 cluster_id: cluster,
                 target_node_id: peer,

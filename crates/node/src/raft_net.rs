@@ -106,6 +106,24 @@ impl NetworkFactory {
     }
 }
 
+impl NetworkFactory {
+    /// A `RaftTransport` client for the peer at `addr`, on the shared channel (for the calls
+    /// that are not openraft's own: pre-vote and the hand-over's TimeoutNow).
+    pub(crate) fn client(
+        &self,
+        addr: &str,
+    ) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
+        Ok(transport_client(self.channel(addr)?))
+    }
+}
+
+/// A `RaftTransport` client on `channel` with the crate's message size limits.
+fn transport_client(channel: Channel) -> RaftTransportClient<Channel> {
+    RaftTransportClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+}
+
 /// A lazily connecting channel to `host:port` with the crate's connect timeout.
 pub(crate) fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
@@ -178,9 +196,7 @@ impl PeerClient {
                 addr: self.addr.clone(),
                 message,
             })?;
-        let mut client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        let mut client = transport_client(channel);
         let mut request = tonic::Request::new(RaftEnvelope {
             cluster_id: self.cluster_id,
             target_node_id: self.target,

@@ -174,10 +174,11 @@ mod tests {
         let storage = Storage::open(dir).unwrap();
         let config = Arc::new(crate::raft_config(7, 100).unwrap());
         let contact = Arc::new(crate::contact::Contact::default());
+        let network = NetworkFactory::new(7, contact.clone());
         let raft = Raft::new(
             3,
             config,
-            NetworkFactory::new(7, contact.clone()),
+            network.clone(),
             storage.log_store(),
             storage.state_machine(),
         )
@@ -187,6 +188,7 @@ mod tests {
             raft: raft.clone(),
             log: storage.log_store(),
             contact,
+            network,
         };
         (RaftService::new(7, 3, prevoter), raft)
     }

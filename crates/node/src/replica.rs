@@ -94,8 +94,7 @@ pub fn check_leader(raft: &Raft, node_id: NodeId, contact: &Contact) -> Result<(
     let metrics = raft.metrics();
     let m = metrics.borrow();
     if m.state == ServerState::Leader && m.current_leader == Some(node_id) {
-        let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
-        if contact.leader_has_quorum(node_id, &voters) {
+        if contact.leader_has_quorum(node_id, m.membership_config.voter_ids()) {
             return Ok(());
         }
         return Err(NotLeader {

@@ -85,6 +85,21 @@ impl Admin for FakeAdmin {
     }
 }
 
+/// Assigns `partitions` (epoch 1) through the leader at `leader_addr`; returns its answer.
+async fn assign(leader_addr: &str, partitions: Vec<u32>) -> ravel_proto::v1::AssignReply {
+    ControlClient::connect(format!("http://{leader_addr}"))
+        .await
+        .unwrap()
+        .assign(AssignRequest {
+            cluster_id: CLUSTER,
+            epoch: 1,
+            partitions,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn free_addr() -> String {
     format!("127.0.0.1:{}", ravel_testkit::free_port())
 }
@@ -219,18 +234,7 @@ async fn three_replicas_elect_write_read_and_restart() {
     })
     .await;
 
-    let mut control = ControlClient::connect(format!("http://{leader_addr}"))
-        .await
-        .unwrap();
-    let assigned = control
-        .assign(AssignRequest {
-            cluster_id: CLUSTER,
-            epoch: 1,
-            partitions: (0..8).collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let assigned = assign(&leader_addr, (0..8).collect()).await;
     assert_eq!((assigned.epoch, assigned.error), (1, None));
 
     let mut leader_data = data(&leader_addr);
@@ -388,18 +392,7 @@ async fn late_joiner_catches_up_from_a_snapshot() {
         status(&leader_addr).await.filter(|s| s.role == "leader")
     })
     .await;
-    let mut control = ControlClient::connect(format!("http://{leader_addr}"))
-        .await
-        .unwrap();
-    let assigned = control
-        .assign(AssignRequest {
-            cluster_id: CLUSTER,
-            epoch: 1,
-            partitions: vec![0],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let assigned = assign(&leader_addr, vec![0]).await;
     assert_eq!(assigned.error, None);
     let mut leader_data = data(&leader_addr);
     for i in 0..150 {
@@ -465,18 +458,7 @@ async fn concurrent_writes_share_entries_and_keep_their_answers() {
     nodes.push(start(configs[1].clone()));
     nodes.push(start(configs[2].clone()));
     let leader_addr = configs[leader_of(&nodes).await].grpcaddr.clone();
-    let mut control = ControlClient::connect(format!("http://{leader_addr}"))
-        .await
-        .unwrap();
-    let assigned = control
-        .assign(AssignRequest {
-            cluster_id: CLUSTER,
-            epoch: 1,
-            partitions: vec![5],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let assigned = assign(&leader_addr, vec![5]).await;
     assert_eq!(assigned.error, None);
     let log_before = status(&leader_addr).await.unwrap().last_log_index;
 
