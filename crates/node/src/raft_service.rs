@@ -136,14 +136,16 @@ impl RaftService {
     /// Starts an election at once for a stopping leader's hand-over (see `handover`), if this
     /// replica is a voter whose log holds everything the leader has.
     async fn campaign(&self, rpc: &TimeoutNow) -> Result<(), String> {
-        let (is_voter, last_index) = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            (
-                m.membership_config.voter_ids().any(|id| id == self.node_id),
-                m.last_log_index.unwrap_or(0),
-            )
-        };
+        let is_voter = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .any(|id| id == self.node_id);
+        // From the log itself: openraft's metrics publish an append a moment after it (a
+        // hand-over was refused once for an entry the log already held).
+        let last_index = self.prevoter.log.last_log_id().map_or(0, |l| l.index);
         if !is_voter {
             return Err(format!("node {} is not a voter", self.node_id));
         }
