@@ -215,6 +215,7 @@ async fn lagging_replica_catches_up_by_snapshot() -> Result<()> {
             partition: ravel_core::partition_of(key.as_bytes(), 1024),
             key: key.clone().into_bytes(),
             stale: true,
+            forward: false,
         };
         let a = on_leader.get(req.clone()).await?.into_inner();
         let b = on_lagging.get(req).await?.into_inner();

@@ -888,6 +888,7 @@ async fn check_single_owner(
                             partition,
                             key: key.clone().into_bytes(),
                             stale: true,
+                            forward: false,
                         })
                         .await
                         .map(|r| r.into_inner());

@@ -101,28 +101,6 @@ async fn sigterm_to_a_leader_hands_over_and_fails_no_request() -> Result<()> {
     Ok(())
 }
 
-/// One Prometheus text page parsed into `series → value` (the series with its labels, as
-/// written).
-fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn scrape(url: &str) -> Result<(String, BTreeMap<String, f64>)> {
-    let resp = reqwest::get(url).await?;
-    if resp.status() != 200 {
-        bail!("{url} answered {}", resp.status());
-    }
-    let text = resp.text().await?;
-    let parsed = parse_metrics(&text);
-    Ok((text, parsed))
-}
-
 /// `promtool check metrics` on `text`, when promtool is installed (`.ci/run` installs it).
 fn promtool_check(what: &str, text: &str) -> Result<()> {
     use std::io::Write;
@@ -195,16 +173,16 @@ async fn metrics_probes_and_client_commands_on_a_running_cluster() -> Result<()>
     assert!(err.contains("404"), "{err}");
 
     // Series move with traffic.
-    let (_, admin_before) = scrape(&admin_metrics).await?;
-    let (_, leader_before) = scrape(&leader_metrics).await?;
+    let (_, admin_before) = common::scrape(&admin_metrics).await?;
+    let (_, leader_before) = common::scrape(&leader_metrics).await?;
     for i in 0..40 {
         let (code, body) = tc.put(&format!("m{i}"), &json!(i)).await?;
         assert_eq!(code, 200, "{body}");
         let (code, body) = tc.get(&format!("m{i}")).await?;
         assert_eq!(code, 200, "{body}");
     }
-    let (admin_text, admin_after) = scrape(&admin_metrics).await?;
-    let (leader_text, leader_after) = scrape(&leader_metrics).await?;
+    let (admin_text, admin_after) = common::scrape(&admin_metrics).await?;
+    let (leader_text, leader_after) = common::scrape(&leader_metrics).await?;
     promtool_check("admin", &admin_text)?;
     promtool_check("leader", &leader_text)?;
     let put_route = r#"ravel_admin_requests_total{route="/put",code="ok"}"#;
@@ -236,14 +214,14 @@ async fn metrics_probes_and_client_commands_on_a_running_cluster() -> Result<()>
             || {
                 let url = url.clone();
                 async move {
-                    scrape(&url)
+                    common::scrape(&url)
                         .await
                         .is_ok_and(|(_, m)| value(&m, "ravel_node_keys") >= 40.0)
                 }
             },
         )
         .await?;
-        let (text, _) = scrape(&url).await?;
+        let (text, _) = common::scrape(&url).await?;
         promtool_check(name, &text)?;
     }
 

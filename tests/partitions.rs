@@ -164,6 +164,7 @@ async fn cut_off_leader_refuses_writes_once_it_loses_its_majority() -> Result<()
             key: key.as_bytes().to_vec(),
             value: b"1".to_vec().into(),
             cas: None,
+            forward: false,
         })
         .await?
         .into_inner();
@@ -365,6 +366,7 @@ async fn same_data_on_every_replica(
                 partition: ravel_core::partition_of(key.as_bytes(), DEFAULT_PARTITIONS),
                 key: key.clone().into_bytes(),
                 stale: true,
+                forward: false,
             };
             let reply = client
                 .get(req)
@@ -389,5 +391,159 @@ async fn same_data_on_every_replica(
         }
     }
     eprintln!("{} keys identical on {} replicas", keys.len(), names.len());
+    Ok(())
+}
+
+/// Successful answers (writes and reads answered 200) among `answers`.
+fn successes(answers: &ravel_testkit::workload::AnswerCounts) -> u64 {
+    answers
+        .iter()
+        .filter(|(what, _)| what.ends_with(" 200"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Successful operations per second of `workload` over `window`.
+async fn rate_over(workload: &Workload, window: Duration) -> f64 {
+    let before = successes(&workload.answers().await);
+    tokio::time::sleep(window).await;
+    let after = successes(&workload.answers().await);
+    (after - before) as f64 / window.as_secs_f64()
+}
+
+/// Sum of one replica's `ravel_node_forwarded_total` series.
+async fn forwarded_by(tc: &TestCluster, name: &str) -> Result<f64> {
+    let url = format!("http://{}/metrics", tc.node(name).http_addr);
+    let (_, series) = common::scrape(&url).await?;
+    Ok(series
+        .iter()
+        .filter(|(s, _)| s.starts_with("ravel_node_forwarded_total"))
+        .map(|(_, v)| v)
+        .sum())
+}
+
+/// The admin cut off from one cluster's leader (its gRPC link blackholed; the cluster's own
+/// Raft links are fine): that cluster keeps serving through a follower, which forwards to the
+/// leader, at no less than half its rate before the cut; the other cluster is unaffected; the
+/// leader and its term do not change; once the link heals the admin routes to the leader again;
+/// and both histories check with every key read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_cut_off_from_a_leader_serves_through_a_follower() -> Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tc = common::new_cluster("partition_admin_leader_cut")?.with_grpc_proxies();
+    common::start_clusters(&mut tc, 2, REPLICAS).await?;
+    let cut_names = common::members(&tc, 1);
+    let cut_refs: Vec<&str> = cut_names.iter().map(String::as_str).collect();
+    let other_names = common::members(&tc, 2);
+    let cut_cluster = tc.status(&cut_names[0]).await?.cluster_id;
+
+    // Keys by owning cluster, from the admin's table.
+    let view = tc.cluster_view().await?;
+    let partitions = u32::try_from(view["partitions"].as_u64().context("partitions")?)?;
+    let owners = view["partition_owners"].as_array().context("owners")?;
+    let (mut on_cut, mut on_other) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        if on_cut.len() >= 60 && on_other.len() >= 60 {
+            break;
+        }
+        let key = format!("cut-{i}");
+        let p = ravel_core::partition_of(key.as_bytes(), partitions) as usize;
+        if owners[p].as_u64() == Some(cut_cluster) {
+            on_cut.push(key);
+        } else {
+            on_other.push(key);
+        }
+    }
+    on_cut.truncate(60);
+    on_other.truncate(60);
+    let config = WorkloadConfig {
+        writers: 3,
+        readers: 2,
+        op_pause: Duration::from_millis(2),
+        seed: 411,
+        request_timeout: Duration::from_secs(15),
+        ..WorkloadConfig::default()
+    };
+    let cut_load = Workload::start_on_keys(&tc.url(""), &config, on_cut)?;
+    let other_load = Workload::start_on_keys(&tc.url(""), &config, on_other)?;
+    cut_load.wait_loaded(Duration::from_secs(60)).await?;
+    other_load.wait_loaded(Duration::from_secs(60)).await?;
+
+    let leader = tc.wait_leader(&cut_refs).await?;
+    let term = tc.status(&leader).await?.term;
+    let followers: Vec<&str> = cut_refs.iter().copied().filter(|n| *n != leader).collect();
+    let window = Duration::from_secs(4);
+    let (cut_before, other_before) =
+        tokio::join!(rate_over(&cut_load, window), rate_over(&other_load, window));
+
+    tc.admin_link(&leader).blackhole();
+    // The whole cut, from its first moment: the admin has to notice it first.
+    let cut_window = Duration::from_secs(8);
+    let (cut_during, other_during) = tokio::join!(
+        rate_over(&cut_load, cut_window),
+        rate_over(&other_load, cut_window)
+    );
+    let mut forwarded = 0.0;
+    for f in &followers {
+        forwarded += forwarded_by(&tc, f).await?;
+    }
+    let leader_now = tc.status(&leader).await?;
+    eprintln!(
+        "successful operations/s on the cut cluster: {cut_before:.0} before, {cut_during:.0} \
+         during the cut ({:.0}%); on the other cluster: {other_before:.0} before, \
+         {other_during:.0} during ({:.0}%); {forwarded} requests forwarded by followers",
+        100.0 * cut_during / cut_before,
+        100.0 * other_during / other_before
+    );
+    ensure!(
+        leader_now.role == "leader" && leader_now.term == term,
+        "the cut changed the cluster's leadership: {leader} is {} in term {} (was leader in {term})",
+        leader_now.role,
+        leader_now.term
+    );
+    ensure!(forwarded > 0.0, "no follower forwarded anything");
+    ensure!(
+        cut_during >= cut_before / 2.0,
+        "the cut cluster served {cut_during:.0}/s during the cut, less than half of \
+         {cut_before:.0}/s before"
+    );
+    ensure!(
+        other_during >= other_before / 2.0,
+        "the other cluster served {other_during:.0}/s during the cut, less than half of \
+         {other_before:.0}/s before"
+    );
+
+    // Healed: once the probe hears the leader, requests go to it directly again.
+    tc.heal_network();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = forwarded;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut now = 0.0;
+        for f in &followers {
+            now += forwarded_by(&tc, f).await?;
+        }
+        if now == last {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "followers still forward 20 s after the heal"
+        );
+        last = now;
+    }
+
+    for (name, load, names) in [
+        ("cut", cut_load, &cut_names),
+        ("other", other_load, &other_names),
+    ] {
+        let history = load.history();
+        let keys = load.keys().to_vec();
+        let answers = load.stop().await?;
+        let finals = read_finals(&tc.url(""), &keys, 8, 25).await?;
+        eprintln!("{name} cluster ({names:?}) answers: {answers:?}");
+        common::ensure_history_proves(&history.check(&finals), finals.len(), keys.len())?;
+    }
+    tc.finish();
     Ok(())
 }

@@ -57,6 +57,7 @@ async fn two_clusters_split_keys_and_serve_only_their_own() -> Result<()> {
                     partition,
                     key: key.clone().into_bytes(),
                     stale: false,
+                    forward: false,
                 })
                 .await?
                 .into_inner();
@@ -86,6 +87,7 @@ async fn two_clusters_split_keys_and_serve_only_their_own() -> Result<()> {
                 key: key.clone().into_bytes(),
                 value: b"\"intruder\"".to_vec().into(),
                 cas: None,
+                forward: false,
             })
             .await?
             .into_inner();

@@ -76,6 +76,14 @@ struct StartArgs {
         value_name = "ADDR"
     )]
     raft_advertise: Option<String>,
+    /// The gRPC address the admin is told to dial, host:port (default: --grpcaddr). Set it when
+    /// the admin reaches this replica through a proxy, NAT or load balancer.
+    #[arg(
+        long = "grpc-advertise",
+        env = "RAVEL_NODE_GRPC_ADVERTISE",
+        value_name = "ADDR"
+    )]
+    grpc_advertise: Option<String>,
     /// The admin's gRPC address, host:port.
     #[arg(
         short = 'a',
@@ -151,6 +159,7 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         grpcaddr: args.grpcaddr,
         raftaddr: args.raftaddr,
         raft_advertise: args.raft_advertise,
+        grpc_advertise: args.grpc_advertise,
         adminrpcaddr: args.adminrpcaddr,
         // A bare `-l` is the only way to say "leader" on the command line; its absence must not
         // override a `leader: true` from the YAML file.

@@ -120,3 +120,26 @@ pub fn ensure_history_proves(
     );
     Ok(())
 }
+
+/// One Prometheus text page parsed into `series → value` (the series with its labels, as
+/// written).
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// GETs the `/metrics` page at `url`: its text and its series parsed.
+pub async fn scrape(url: &str) -> Result<(String, std::collections::BTreeMap<String, f64>)> {
+    let resp = reqwest::get(url).await?;
+    if resp.status() != 200 {
+        anyhow::bail!("{url} answered {}", resp.status());
+    }
+    let text = resp.text().await?;
+    let parsed = parse_metrics(&text);
+    Ok((text, parsed))
+}

@@ -12,6 +12,7 @@
 //! - [`mover`]: drives partition moves (migration) step by step, resuming them after a restart.
 //! - [`cluster_view`]: `/v1/cluster` and readiness.
 //! - [`router`]: the life of a client request from partition to leader and back.
+//! - [`reachability`]: replicas this admin cannot reach now, probed until they answer.
 //! - [`http`]: the HTTP API with its limits, timeouts and connection cap.
 //! - `json_depth`: the nesting depth of a JSON value, measured without recursion.
 //! - [`ui`]: the dashboard page at `/ui`, compiled in.
@@ -27,6 +28,7 @@ pub mod mover;
 pub mod node_api;
 pub mod placement;
 pub mod pool;
+pub mod reachability;
 pub mod router;
 pub mod ui;
 
@@ -50,6 +52,8 @@ pub struct AdminState {
     pub meta: meta::MetaStore,
     /// gRPC channels and leader cache.
     pub pool: pool::NodePool,
+    /// Replicas marked unreachable by failed calls (routing goes around them).
+    pub reach: reachability::Reachability,
     /// Which clusters confirmed the current assignment epoch; wakes the placement task.
     pub placement: placement::Placement,
     /// Wakes the mover and holds its live copy progress.
@@ -72,6 +76,7 @@ impl AdminState {
         Self {
             meta,
             pool: pool::NodePool::new(),
+            reach: reachability::Reachability::default(),
             placement: placement::Placement::new(),
             mover: mover::Mover::new(),
             addrs: AdminAddrs::default(),

@@ -23,11 +23,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::transport::{Channel, Endpoint};
 
-/// Interval of HTTP/2 PING frames on idle channels, so a dead peer is noticed without traffic.
-const KEEPALIVE_INTERVAL_MS: u64 = 10_000;
+/// Interval of HTTP/2 PING frames on a channel that received nothing for that long, so a dead
+/// peer or a cut link is noticed within about two seconds, with or without traffic (calls in
+/// flight on the dropped connection then fail, and the replica is marked unreachable). A busy
+/// peer still answers at once: PINGs are answered by its HTTP/2 layer, not by a handler.
+const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
 
 /// How long a PING may go unanswered before the connection is dropped.
-const KEEPALIVE_TIMEOUT_MS: u64 = 5_000;
+const KEEPALIVE_TIMEOUT_MS: u64 = 1_000;
 
 /// TCP keepalive on channels, a second line of defence behind HTTP/2 PINGs.
 const TCP_KEEPALIVE_MS: u64 = 30_000;
@@ -116,6 +119,9 @@ struct Leaders {
 pub struct NodePool {
     channels: Mutex<HashMap<String, Channel>>,
     leaders: Mutex<Leaders>,
+    /// Woken when a replica reports a leader the cache did not hold, so that requests waiting
+    /// out a backoff while their cluster elects go at once.
+    leader_news: tokio::sync::Notify,
 }
 
 fn unix_now_ms() -> u64 {
@@ -205,7 +211,11 @@ impl NodePool {
             return false;
         }
         entry.term = term;
+        let news = entry.leader != Some(node);
         entry.leader = Some(node);
+        if news {
+            self.leader_news.notify_waiters();
+        }
         if entry.reported != Some(node) {
             if changes.len() == MAX_LEADER_CHANGES {
                 changes.pop_front();
@@ -220,6 +230,12 @@ impl NodePool {
             entry.reported = Some(node);
         }
         true
+    }
+
+    /// Completes when the next leader report brings a leader the cache did not hold (create it
+    /// before looking at the cache, and no report in between is missed).
+    pub fn leader_news(&self) -> tokio::sync::futures::Notified<'_> {
+        self.leader_news.notified()
     }
 
     /// The leader changes observed since this admin started, oldest first, at most
@@ -238,6 +254,32 @@ impl NodePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waiter hears of a report that brings a new leader, not of one repeating the cached one.
+    #[tokio::test]
+    async fn leader_news_wakes_waiters_on_a_new_leader() {
+        let pool = NodePool::new();
+        let wait = Duration::from_millis(200);
+        let news = pool.leader_news();
+        pool.report_leader(1, 10, 5);
+        assert!(
+            tokio::time::timeout(wait, news).await.is_ok(),
+            "a new leader"
+        );
+        let news = pool.leader_news();
+        pool.report_leader(1, 10, 5);
+        assert!(
+            tokio::time::timeout(wait, news).await.is_err(),
+            "the same leader"
+        );
+        pool.forget_leader(1, 10);
+        let news = pool.leader_news();
+        pool.report_leader(1, 10, 5);
+        assert!(
+            tokio::time::timeout(wait, news).await.is_ok(),
+            "found again"
+        );
+    }
 
     /// Leader reports of an older term than the newest seen are ignored; hints and forgets only
     /// touch the named cluster and node.

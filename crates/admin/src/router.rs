@@ -26,22 +26,36 @@
 //!    left the admin (the TCP connection could not be opened). Anything else — a reset, a broken
 //!    stream, the deadline — may come after the node proposed it: 504 `outcome_unknown`.
 //! 7. Rounds over the replicas are separated by a short backoff ([`BACKOFF_MIN_MS`] doubling to
-//!    [`BACKOFF_MAX_MS`]) while the cluster elects, within a whole budget of
-//!    [`ROUTE_BUDGET_MS`] (below the HTTP request timeout). When it runs out and nothing was
-//!    proposed: 503 `no_leader`.
+//!    [`BACKOFF_MAX_MS`], cut short when a replica reports a new leader) while the cluster
+//!    elects, within a whole budget of [`ROUTE_BUDGET_MS`] (below the HTTP request timeout).
+//!    When it runs out and nothing was proposed: 503 `no_leader`.
 //!
 //! A GET follows the same path; reads change nothing, so any transport error or timeout is
 //! retried on another replica, and running out of budget after timeouts is 503 `unavailable`.
-//! A stale GET (`consistency=stale`) may be answered by any replica, leader first.
+//! One attempt at a read waits at most [`READ_ATTEMPT_TIMEOUT_MS`], so a replica that does not
+//! answer costs a read that much and not the whole budget. A stale GET (`consistency=stale`)
+//! may be answered by any replica, leader first.
+//!
+//! # When the leader cannot be reached
+//!
+//! A replica whose call failed in transport or timed out is marked unreachable
+//! ([`crate::reachability`]) until a probe hears it again. Marked replicas are tried last, and
+//! while any replica of the cluster is marked, a request sent to a replica other than the cached
+//! leader carries `forward`: a follower passes it on to its leader over the cluster's own links,
+//! with the same definite/unknown outcome rules, and answers with the leader's reply. So a
+//! cluster whose leader only this admin cannot reach keeps serving through a follower. A reply
+//! that came through a follower does not make that follower the cached leader.
 //!
 //! This module must not parse HTTP or decide status codes (that is [`crate::error`]), and must
 //! never re-derive the partition table from the ring.
 
 use crate::error::RouteError;
+use crate::reachability::suspect;
 use crate::{AdminState, SharedState};
 use bytes::Bytes;
 use ravel_core::command::Record;
 use ravel_core::{ClusterId, NodeId, limits, partition_of};
+use ravel_proto::transport::never_sent;
 use ravel_proto::v1::{DeleteRequest, GetRequest, NodeError, PutRequest, node_error::Kind};
 use std::time::{Duration, Instant};
 
@@ -58,6 +72,11 @@ pub const BACKOFF_MIN_MS: u64 = 50;
 
 /// Longest pause between two rounds.
 pub const BACKOFF_MAX_MS: u64 = 400;
+
+/// Longest wait for one replica's answer to a read before the read is tried on another one
+/// (a linearizable read normally takes one heartbeat round; a write keeps the full
+/// [`limits::DATA_RPC_TIMEOUT_MS`], because timing out a write makes its outcome unknown).
+pub const READ_ATTEMPT_TIMEOUT_MS: u64 = 1_000;
 
 /// Routes client requests to the leader of the cluster that owns the key.
 #[derive(Clone)]
@@ -225,7 +244,10 @@ impl Router {
                 .collect();
             drop(meta);
 
-            let mut queue = initial_order(&replicas, state.pool.leader(cluster));
+            let cached_leader = state.pool.leader(cluster);
+            let mut queue = initial_order(&replicas, cached_leader);
+            // Replicas this admin cannot reach now go last (stable: the leader first otherwise).
+            queue.sort_by_key(|node| self.is_unreachable(&replicas, *node));
             if fault::follower_reads() && op.is_stale_read() {
                 // The injected fault: followers first, so reads really come from lagging state.
                 queue.rotate_left(1);
@@ -245,10 +267,30 @@ impl Router {
                 if remaining.is_zero() {
                     break;
                 }
-                let timeout = remaining.min(Duration::from_millis(limits::DATA_RPC_TIMEOUT_MS));
-                match self.attempt(&op, cluster, partition, addr, timeout).await {
+                let per_attempt = if op.is_write() {
+                    limits::DATA_RPC_TIMEOUT_MS
+                } else {
+                    READ_ATTEMPT_TIMEOUT_MS
+                };
+                let timeout = remaining.min(Duration::from_millis(per_attempt));
+                // Through a follower while some replica is out of reach (see the module doc); a
+                // mark set by this round's earlier attempt counts already.
+                let forward = !op.is_stale_read()
+                    && cached_leader != Some(node)
+                    && replicas
+                        .iter()
+                        .any(|(_, addr)| state.reach.is_unreachable(addr));
+                let target = Target {
+                    node,
+                    addr,
+                    forward,
+                };
+                match self
+                    .attempt(&op, cluster, partition, &target, timeout)
+                    .await
+                {
                     Attempt::Done(reply) => {
-                        if !op.is_stale_read() {
+                        if !op.is_stale_read() && !forward {
                             // Only the leader answers linearizable reads and writes.
                             state.pool.set_leader(cluster, node);
                         }
@@ -260,7 +302,12 @@ impl Router {
                         if let Some(leader) = hint.filter(|l| *l != node) {
                             state.pool.set_leader(cluster, leader);
                             if !tried.contains(&leader) {
-                                queue.insert(0, leader);
+                                // An unreachable leader only after the others (they forward).
+                                if self.is_unreachable(&replicas, leader) {
+                                    queue.push(leader);
+                                } else {
+                                    queue.insert(0, leader);
+                                }
                             }
                         }
                     }
@@ -309,20 +356,38 @@ impl Router {
                     RouteError::NoLeader
                 });
             }
-            tokio::time::sleep(backoff).await;
+            // A leader report ends the wait early: the cluster has just elected.
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = state.pool.leader_news() => {}
+            }
             backoff = (backoff * 2).min(Duration::from_millis(BACKOFF_MAX_MS));
         }
     }
 
-    /// One call to one replica, classified.
+    /// Whether `node` (one of `replicas`) is marked unreachable.
+    fn is_unreachable(&self, replicas: &[(NodeId, String)], node: NodeId) -> bool {
+        replicas
+            .iter()
+            .find(|(id, _)| *id == node)
+            .is_some_and(|(_, addr)| self.state.reach.is_unreachable(addr))
+    }
+
+    /// One call to one replica, classified. A transport failure or a timeout marks the replica
+    /// unreachable (see [`crate::reachability`]).
     async fn attempt(
         &self,
         op: &Op,
         cluster: ClusterId,
         partition: u32,
-        addr: &str,
+        target: &Target<'_>,
         timeout: Duration,
     ) -> Attempt {
+        let Target {
+            node,
+            addr,
+            forward,
+        } = *target;
         let mut client = self.state.pool.data_client(addr);
         let call = async {
             match op {
@@ -333,6 +398,7 @@ impl Router {
                         key: key.clone(),
                         value: value.clone(),
                         cas: *cas,
+                        forward,
                     });
                     req.set_timeout(timeout);
                     client.put(req).await.map(|r| {
@@ -346,6 +412,7 @@ impl Router {
                         partition,
                         key: key.clone(),
                         stale: *stale,
+                        forward,
                     });
                     req.set_timeout(timeout);
                     client.get(req).await.map(|r| {
@@ -363,6 +430,7 @@ impl Router {
                         partition,
                         key: key.clone(),
                         cas: *cas,
+                        forward,
                     });
                     req.set_timeout(timeout);
                     client.delete(req).await.map(|r| {
@@ -376,6 +444,7 @@ impl Router {
         let outcome = tokio::time::timeout(timeout, call).await;
         let result = match outcome {
             Err(_elapsed) => {
+                suspect(&self.state, node, addr, "timed out");
                 return if op.is_write() {
                     Attempt::OutcomeUnknown
                 } else {
@@ -393,9 +462,20 @@ impl Router {
                 }
                 other => other,
             },
-            Err(status) => classify_transport(op.is_write(), &status, addr),
+            Err(status) => {
+                suspect(&self.state, node, addr, status.message());
+                classify_transport(op.is_write(), &status, addr)
+            }
         }
     }
+}
+
+/// The replica one attempt goes to, and whether it is asked to forward to its leader.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    node: NodeId,
+    addr: &'a str,
+    forward: bool,
 }
 
 /// The replicas in the order to try them: the cached leader first, then the rest by node id.
@@ -454,38 +534,6 @@ fn classify_transport(is_write: bool, status: &tonic::Status, addr: &str) -> Att
     } else {
         Attempt::OutcomeUnknown
     }
-}
-
-/// True only when the status shows the TCP connection to the node could not be opened, so the
-/// request never left the admin. Conservative: anything unrecognised is "maybe sent".
-pub(crate) fn never_sent(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut texts = vec![status.message().to_ascii_lowercase()];
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            if matches!(
-                io.kind(),
-                K::ConnectionRefused
-                    | K::AddrNotAvailable
-                    | K::HostUnreachable
-                    | K::NetworkUnreachable
-            ) {
-                return true;
-            }
-        }
-        texts.push(err.to_string().to_ascii_lowercase());
-        source = err.source();
-    }
-    texts.iter().any(|t| {
-        t.contains("tcp connect error")
-            || t.contains("connection refused")
-            || t.contains("error trying to connect")
-            || t.contains("client error (connect)")
-    })
 }
 
 fn count_retry(reason: &'static str) {
@@ -581,6 +629,7 @@ mod tests {
                 key: b"k".to_vec(),
                 value: Bytes::from_static(b"1"),
                 cas: None,
+                forward: false,
             })
             .await
             .unwrap_err();

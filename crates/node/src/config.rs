@@ -22,6 +22,9 @@ pub struct PartialNodeConfig {
     /// YAML key `raft-advertise`, the long flag's name (`raft_advertise` also accepted).
     #[serde(rename = "raft-advertise", alias = "raft_advertise")]
     pub raft_advertise: Option<String>,
+    /// YAML key `grpc-advertise`, the long flag's name (`grpc_advertise` also accepted).
+    #[serde(rename = "grpc-advertise", alias = "grpc_advertise")]
+    pub grpc_advertise: Option<String>,
     pub adminrpcaddr: Option<String>,
     pub leader: Option<bool>,
     /// YAML key `snapshot-threshold`, the long flag's name (`snapshot_threshold` also accepted).
@@ -39,6 +42,7 @@ impl PartialNodeConfig {
             grpcaddr: over.grpcaddr.or(self.grpcaddr),
             raftaddr: over.raftaddr.or(self.raftaddr),
             raft_advertise: over.raft_advertise.or(self.raft_advertise),
+            grpc_advertise: over.grpc_advertise.or(self.grpc_advertise),
             adminrpcaddr: over.adminrpcaddr.or(self.adminrpcaddr),
             leader: over.leader.or(self.leader),
             snapshot_threshold: over.snapshot_threshold.or(self.snapshot_threshold),
@@ -58,6 +62,9 @@ pub struct NodeConfig {
     /// from `raftaddr` when peers reach the replica through something in between (a NAT, a load
     /// balancer, a test's fault-injecting proxy); by default it is `raftaddr`.
     pub raft_advertise: String,
+    /// The gRPC address this replica registers: what the admin dials for data and control
+    /// calls. Like `raft_advertise`, by default the listen address `grpcaddr`.
+    pub grpc_advertise: String,
     pub adminrpcaddr: String,
     pub leader: bool,
     pub snapshot_threshold: u64,
@@ -75,11 +82,13 @@ impl NodeConfig {
         };
         let merged = file.overridden_by(flags);
         let raftaddr = merged.raftaddr.ok_or_else(|| missing("raftaddr", 'r'))?;
+        let grpcaddr = merged.grpcaddr.ok_or_else(|| missing("grpcaddr", 'g'))?;
         let config = NodeConfig {
             storagedir: merged
                 .storagedir
                 .ok_or_else(|| missing("storagedir", 's'))?,
-            grpcaddr: merged.grpcaddr.ok_or_else(|| missing("grpcaddr", 'g'))?,
+            grpc_advertise: merged.grpc_advertise.unwrap_or_else(|| grpcaddr.clone()),
+            grpcaddr,
             raft_advertise: merged.raft_advertise.unwrap_or_else(|| raftaddr.clone()),
             raftaddr,
             adminrpcaddr: merged
@@ -99,6 +108,7 @@ impl NodeConfig {
         check_addr("grpcaddr", &self.grpcaddr)?;
         check_addr("raftaddr", &self.raftaddr)?;
         check_addr("raft-advertise", &self.raft_advertise)?;
+        check_addr("grpc-advertise", &self.grpc_advertise)?;
         check_addr("adminrpcaddr", &self.adminrpcaddr)?;
         if let Some(http) = &self.http {
             check_addr("http", http)?;
@@ -186,6 +196,7 @@ mod tests {
                 grpcaddr: "127.0.0.1:7001".into(),
                 raftaddr: "127.0.0.1:8001".into(),
                 raft_advertise: "127.0.0.1:8001".into(),
+                grpc_advertise: "127.0.0.1:7001".into(),
                 adminrpcaddr: "127.0.0.1:6000".into(),
                 leader: true,
                 snapshot_threshold: 77,
@@ -281,5 +292,25 @@ mod tests {
         };
         let err = NodeConfig::resolve(Some(f.path()), flags).unwrap_err();
         assert!(err.to_string().contains("--raft-advertise"), "{err}");
+    }
+
+    /// `grpc-advertise` defaults to `grpcaddr`, can differ (file or flag), and is validated.
+    #[test]
+    fn grpc_advertise_defaults_to_grpcaddr_and_can_differ() {
+        let f = yaml_file(FULL);
+        let c = NodeConfig::resolve(Some(f.path()), PartialNodeConfig::default()).unwrap();
+        assert_eq!(c.grpc_advertise, "127.0.0.1:7001");
+
+        let f = yaml_file(&format!("{FULL}grpc-advertise: 127.0.0.1:9701\n"));
+        let c = NodeConfig::resolve(Some(f.path()), PartialNodeConfig::default()).unwrap();
+        assert_eq!(c.grpcaddr, "127.0.0.1:7001");
+        assert_eq!(c.grpc_advertise, "127.0.0.1:9701");
+
+        let flags = PartialNodeConfig {
+            grpc_advertise: Some("no-port".into()),
+            ..PartialNodeConfig::default()
+        };
+        let err = NodeConfig::resolve(Some(f.path()), flags).unwrap_err();
+        assert!(err.to_string().contains("--grpc-advertise"), "{err}");
     }
 }

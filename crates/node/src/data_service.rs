@@ -1,34 +1,131 @@
-//! The `Data` gRPC service (admin → node, on `--grpcaddr`): put, get and delete of one key.
+//! The `Data` gRPC service (admin → node, on `--grpcaddr`; follower → leader, on `--raftaddr`):
+//! put, get and delete of one key.
 //!
 //! Every answer travels in the reply's `error` field with gRPC status OK, so that the admin can
 //! tell a definite refusal from an unknown outcome; the mapping is `NodeError::to_wire`. Writes go
 //! through [`Replica::write`] (leader check, then a bounded `client_write`); linearizable reads
-//! through [`Replica::read_barrier`] and then the local state machine. This module must not
-//! retry: the admin decides what is safe to retry.
+//! through [`Replica::read_barrier`] and then the local state machine.
+//!
+//! A request marked `forward` (the admin cannot reach the leader itself) that reaches a replica
+//! which is not the leader but knows it is passed on to the leader's Raft address, unmarked, and
+//! the leader's reply is answered verbatim. The outcome rules hold across the hop: a forwarded
+//! write whose hop failed is OUTCOME_UNKNOWN unless the connection to the leader could not even
+//! be opened; a forwarded read is linearizable because the leader runs the read barrier. This
+//! module must not retry: the admin decides what is safe to retry.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ravel_core::command::{Command, CommandResult, Record};
-use ravel_core::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use ravel_core::limits::{DATA_RPC_TIMEOUT_MS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use ravel_core::{ClusterId, NodeId};
+use ravel_proto::transport::never_sent;
+use ravel_proto::v1::data_client::DataClient;
 use ravel_proto::v1::data_server::Data;
 use ravel_proto::v1::{DeleteReply, DeleteRequest, GetReply, GetRequest, PutReply, PutRequest};
 use ravel_storage::ReadRefused;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::error::NodeError;
-use crate::replica::Replica;
+use crate::raft_net::NetworkFactory;
+use crate::replica::{NotLeader, Replica, check_leader};
+
+/// Deadline of a forwarded call to the leader. The server also drops a handler when the
+/// caller's own gRPC deadline passes, so the hop never outlives the admin's request.
+pub const FORWARD_TIMEOUT_MS: u64 = DATA_RPC_TIMEOUT_MS;
 
 /// The `Data` service of one replica.
 pub struct DataService {
     replica: Arc<Replica>,
+    /// The Raft transport's channels, on which requests are forwarded to the leader.
+    network: NetworkFactory,
+}
+
+/// The leader a `forward` request is passed to.
+struct ForwardTo {
+    leader: NodeId,
+    raft_addr: String,
 }
 
 impl DataService {
-    /// The service answering for `replica`.
+    /// The service answering for `replica`, forwarding over `network`'s channels.
     #[must_use]
-    pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+    pub fn new(replica: Arc<Replica>, network: NetworkFactory) -> Self {
+        Self { replica, network }
+    }
+
+    /// Where a request goes instead of being served here: to the leader, when the request asks
+    /// to be forwarded, names this cluster, this replica is not the leader and it knows who is.
+    /// Otherwise `None`,
+    /// and the request is served here (or refused with NOT_LEADER) as usual.
+    fn forward_target(&self, forward: bool, cluster: ClusterId) -> Option<ForwardTo> {
+        let r = &self.replica;
+        // A request for another cluster is refused here, not passed on.
+        if !forward || cluster != r.cluster_id {
+            return None;
+        }
+        let Err(NotLeader {
+            leader_id: Some(leader),
+            ..
+        }) = check_leader(&r.raft, r.node_id, &r.contact)
+        else {
+            return None;
+        };
+        let metrics = r.raft.metrics();
+        let m = metrics.borrow();
+        let node = m.membership_config.membership().get_node(&leader)?;
+        Some(ForwardTo {
+            leader,
+            raft_addr: node.raft_addr.clone(),
+        })
+    }
+
+    /// Sends `request` (already unmarked) to the leader with `call` and returns the leader's
+    /// reply. A failed hop is OUTCOME_UNKNOWN for a write unless it certainly never left this
+    /// replica; for a read, or a write never sent, it is a definite UNAVAILABLE.
+    async fn forwarded<Req, Rep, F, Fut>(
+        &self,
+        method: &'static str,
+        is_write: bool,
+        to: ForwardTo,
+        request: Req,
+        call: F,
+    ) -> Result<Rep, NodeError>
+    where
+        F: FnOnce(DataClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let client = self.network.data_client(&to.raft_addr).map_err(|e| {
+            NodeError::Unavailable(format!(
+                "the leader's Raft address {} is unusable: {e}",
+                to.raft_addr
+            ))
+        })?;
+        let mut request = Request::new(request);
+        request.set_timeout(Duration::from_millis(FORWARD_TIMEOUT_MS));
+        let outcome = call(client, request).await;
+        let label = if outcome.is_ok() { "sent" } else { "failed" };
+        metrics::counter!("ravel_node_forwarded_total", "method" => method, "hop" => label)
+            .increment(1);
+        match outcome {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) if is_write && !never_sent(&status) => {
+                Err(NodeError::OutcomeUnknown(format!(
+                    "forwarded to leader {} at {}, which did not answer: {}",
+                    to.leader,
+                    to.raft_addr,
+                    status.message()
+                )))
+            }
+            Err(status) => Err(NodeError::Unavailable(format!(
+                "could not forward to leader {} at {}: {}",
+                to.leader,
+                to.raft_addr,
+                status.message()
+            ))),
+        }
     }
 
     async fn put(&self, r: PutRequest) -> Result<u64, NodeError> {
@@ -124,62 +221,114 @@ fn observe(method: &'static str, started: Instant, error: Option<&NodeError>) {
         .record(started.elapsed().as_secs_f64());
 }
 
+fn put_reply(outcome: Result<u64, NodeError>) -> PutReply {
+    match outcome {
+        Ok(version) => PutReply {
+            version,
+            error: None,
+        },
+        Err(e) => PutReply {
+            version: 0,
+            error: Some(e.to_wire()),
+        },
+    }
+}
+
+fn get_reply(outcome: Result<Option<Record>, NodeError>) -> GetReply {
+    match outcome {
+        Ok(Some(record)) => GetReply {
+            found: true,
+            value: record.value.into(),
+            version: record.version,
+            error: None,
+        },
+        Ok(None) => GetReply::default(),
+        Err(e) => GetReply {
+            error: Some(e.to_wire()),
+            ..GetReply::default()
+        },
+    }
+}
+
+fn delete_reply(outcome: Result<bool, NodeError>) -> DeleteReply {
+    match outcome {
+        Ok(deleted) => DeleteReply {
+            deleted,
+            error: None,
+        },
+        Err(e) => DeleteReply {
+            deleted: false,
+            error: Some(e.to_wire()),
+        },
+    }
+}
+
 #[tonic::async_trait]
 impl Data for DataService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
+        let request = request.into_inner();
+        if let Some(to) = self.forward_target(request.forward, request.cluster_id) {
+            let unmarked = PutRequest {
+                forward: false,
+                ..request
+            };
+            let reply = self
+                .forwarded("put", true, to, unmarked, |mut c, r| async move {
+                    c.put(r).await
+                })
+                .await;
+            return Ok(Response::new(reply.unwrap_or_else(|e| put_reply(Err(e)))));
+        }
         let started = Instant::now();
-        let outcome = DataService::put(self, request.into_inner()).await;
+        let outcome = DataService::put(self, request).await;
         observe("put", started, outcome.as_ref().err());
-        let reply = match outcome {
-            Ok(version) => PutReply {
-                version,
-                error: None,
-            },
-            Err(e) => PutReply {
-                version: 0,
-                error: Some(e.to_wire()),
-            },
-        };
-        Ok(Response::new(reply))
+        Ok(Response::new(put_reply(outcome)))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
+        let request = request.into_inner();
+        // A stale read is this replica's own state by definition: never forwarded.
+        if let Some(to) = self.forward_target(request.forward && !request.stale, request.cluster_id)
+        {
+            let unmarked = GetRequest {
+                forward: false,
+                ..request
+            };
+            let reply = self
+                .forwarded("get", false, to, unmarked, |mut c, r| async move {
+                    c.get(r).await
+                })
+                .await;
+            return Ok(Response::new(reply.unwrap_or_else(|e| get_reply(Err(e)))));
+        }
         let started = Instant::now();
-        let outcome = DataService::get(self, request.into_inner()).await;
+        let outcome = DataService::get(self, request).await;
         observe("get", started, outcome.as_ref().err());
-        let reply = match outcome {
-            Ok(Some(record)) => GetReply {
-                found: true,
-                value: record.value.into(),
-                version: record.version,
-                error: None,
-            },
-            Ok(None) => GetReply::default(),
-            Err(e) => GetReply {
-                error: Some(e.to_wire()),
-                ..GetReply::default()
-            },
-        };
-        Ok(Response::new(reply))
+        Ok(Response::new(get_reply(outcome)))
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteReply>, Status> {
+        let request = request.into_inner();
+        if let Some(to) = self.forward_target(request.forward, request.cluster_id) {
+            let unmarked = DeleteRequest {
+                forward: false,
+                ..request
+            };
+            let reply = self
+                .forwarded("delete", true, to, unmarked, |mut c, r| async move {
+                    c.delete(r).await
+                })
+                .await;
+            return Ok(Response::new(
+                reply.unwrap_or_else(|e| delete_reply(Err(e))),
+            ));
+        }
         let started = Instant::now();
-        let outcome = DataService::delete(self, request.into_inner()).await;
+        let outcome = DataService::delete(self, request).await;
         observe("delete", started, outcome.as_ref().err());
-        let reply = match outcome {
-            Ok(deleted) => DeleteReply {
-                deleted,
-                error: None,
-            },
-            Err(e) => DeleteReply {
-                deleted: false,
-                error: Some(e.to_wire()),
-            },
-        };
-        Ok(Response::new(reply))
+        Ok(Response::new(delete_reply(outcome)))
     }
 }

@@ -6,8 +6,9 @@
 //! 2. open the storage and start openraft, initializing a new group if this replica bootstraps
 //!    its cluster;
 //! 3. serve the Raft transport on `--raftaddr` and the `Data` + `Control` services on
-//!    `--grpcaddr` (peers are told to reach the Raft transport at `--raft-advertise`, which
-//!    defaults to `--raftaddr`);
+//!    `--grpcaddr` (peers are told to reach the Raft transport at `--raft-advertise`, the admin
+//!    the services at `--grpc-advertise`, which default to the listen addresses); `Data` is
+//!    served on `--raftaddr` too, for requests a follower forwards to its leader;
 //! 4. report leadership to the admin and, for a new member, join the cluster until it is a voter;
 //! 5. on shutdown stop the servers, Raft and the storage, in that order.
 //!
@@ -136,7 +137,7 @@ async fn run_replica(
         storage.reader(),
         contact.clone(),
         // What peers dial, reported in `Status` and sent when joining.
-        (config.raft_advertise.clone(), config.grpcaddr.clone()),
+        (config.raft_advertise.clone(), config.grpc_advertise.clone()),
     ));
     let prevoter = prevote::PreVoter {
         raft: raft.clone(),
@@ -159,6 +160,7 @@ async fn run_replica(
         raft = %config.raftaddr,
         raft_advertise = %config.raft_advertise,
         grpc = %config.grpcaddr,
+        grpc_advertise = %config.grpc_advertise,
         http = config.http.as_deref().unwrap_or("off"),
         "replica serving"
     );
@@ -290,15 +292,21 @@ async fn serve(
     ))
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let data_service = DataServer::new(DataService::new(replica.clone()))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let data_service = Arc::new(DataService::new(replica.clone(), prevoter.network.clone()));
+    let data_server = || {
+        DataServer::from_arc(data_service.clone())
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    };
     let control_service = ControlServer::new(ControlService::new(replica.clone()))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let raft_router = tonic::transport::Server::builder().add_service(raft_service);
+    // Data on the Raft port too: followers forward requests to the leader there.
+    let raft_router = tonic::transport::Server::builder()
+        .add_service(raft_service)
+        .add_service(data_server());
     let grpc_router = tonic::transport::Server::builder()
-        .add_service(data_service)
+        .add_service(data_server())
         .add_service(control_service);
     let raft_addr = config.raftaddr.clone();
     let grpc_addr = config.grpcaddr.clone();

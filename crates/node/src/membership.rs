@@ -130,7 +130,7 @@ pub(crate) async fn register(
         let request = RegisterRequest {
             token,
             raft_addr: config.raft_advertise.clone(),
-            grpc_addr: config.grpcaddr.clone(),
+            grpc_addr: config.grpc_advertise.clone(),
             new_cluster: config.leader,
         };
         match admin
@@ -145,7 +145,7 @@ pub(crate) async fn register(
                     cluster_id: reply.cluster_id,
                     bootstrap: reply.bootstrap,
                     raft_addr: config.raft_advertise.clone(),
-                    grpc_addr: config.grpcaddr.clone(),
+                    grpc_addr: config.grpc_advertise.clone(),
                     admin_addr: config.adminrpcaddr.clone(),
                 };
                 identity::store(dir, &identity)?;
@@ -378,14 +378,14 @@ pub(crate) fn refresh_identity(
     identity: Identity,
     config: &NodeConfig,
 ) -> Result<Identity, NodeError> {
-    if identity.raft_addr != config.raft_advertise || identity.grpc_addr != config.grpcaddr {
+    if identity.raft_addr != config.raft_advertise || identity.grpc_addr != config.grpc_advertise {
         tracing::warn!(
             "this replica was registered with raft {} / grpc {} but now advertises {} / {}; the \
              cluster membership keeps the registered addresses",
             identity.raft_addr,
             identity.grpc_addr,
             config.raft_advertise,
-            config.grpcaddr
+            config.grpc_advertise
         );
     }
     if identity.admin_addr == config.adminrpcaddr {

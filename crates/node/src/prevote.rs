@@ -6,10 +6,12 @@
 //! campaign. It watches how long the replica has not heard a leader ([`Contact::since_leader`]);
 //! past openraft's leader lease (plus a random jitter, so that two followers of a dead leader
 //! rarely campaign at once) it asks every other voter `PreVote`: "would you vote for me?" A peer
-//! says yes only when it has not heard a leader for a lease either, does not lead itself, and
-//! our log is at least as up to date as its own — the conditions under which it would grant the
-//! real vote. With a majority of yeses (ours included) the replica campaigns at once
-//! (`trigger().elect()`), and not again before an election timeout has passed. A replica that
+//! says yes only when it has not heard a leader for a lease either (granting a real vote counts
+//! as hearing one: that candidate is about to lead), does not lead itself, is in no later term
+//! than ours, and our log is at least as up to date as its own — the conditions under which it
+//! would grant the real vote. With a majority of yeses (ours included) the replica campaigns at
+//! once (`trigger().elect()`) unless it heard a leader or moved to a later term while it asked,
+//! and not again before an election timeout has passed. A replica that
 //! cannot reach a majority never gets the yeses, so its term stays where it was, and on
 //! rejoining it simply follows the leader it hears.
 //!
@@ -52,6 +54,8 @@ pub const PREVOTE_JITTER_MS: u64 = 300;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreVoteRequest {
     pub candidate: NodeId,
+    /// The candidate's current term; it would campaign in the next one.
+    pub term: u64,
     pub last_log_id: Option<LogId<NodeId>>,
 }
 
@@ -67,12 +71,21 @@ pub struct PreVoter {
 
 impl PreVoter {
     /// A peer's side: would it vote for `request.candidate` in a real election now? Only when
-    /// it does not lead, has not heard a leader for [`LEADER_SILENCE`], and the candidate's log
-    /// is at least as up to date as its own (Raft's own vote rule).
+    /// it does not lead, has not heard a leader (nor granted a vote) for [`LEADER_SILENCE`], is
+    /// in no later term than the candidate's (in a later one it has already voted for the term
+    /// the candidate would campaign in, or follows a leader of it), and the candidate's log is
+    /// at least as up to date as its own (Raft's own vote rule).
     pub fn answer(&self, request: &PreVoteRequest) -> bool {
-        let leads = self.raft.metrics().borrow().state == ServerState::Leader;
+        let (leads, term) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
         let hears_leader = self.contact.since_leader() < LEADER_SILENCE;
-        !leads && !hears_leader && request.last_log_id >= self.log.last_log_id()
+        !leads
+            && !hears_leader
+            && term <= request.term
+            && request.last_log_id >= self.log.last_log_id()
     }
 }
 
@@ -160,12 +173,24 @@ pub async fn run(
         }
         let request = PreVoteRequest {
             candidate: node,
+            term: raft.metrics().borrow().current_term,
             last_log_id: log.last_log_id(),
         };
         let voters = peers.len() + 1;
         let yeses = 1 + ask_peers(&network, cluster, &peers, &request).await;
         if yeses <= voters / 2 {
             tracing::debug!(votes = yeses, voters, "pre-vote lost: no election");
+            continue;
+        }
+        // While the peers answered, another candidate may have won this replica's vote, or a
+        // leader may have been heard: campaigning now would depose it.
+        let term_now = raft.metrics().borrow().current_term;
+        if term_now != request.term || contact.since_leader() < LEADER_SILENCE {
+            tracing::debug!(
+                term = request.term,
+                term_now,
+                "pre-vote won but a leader or a candidate appeared meanwhile: no election"
+            );
             continue;
         }
         tracing::info!(

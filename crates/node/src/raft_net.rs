@@ -24,6 +24,7 @@ use openraft::raft::{
 use ravel_core::limits::{CONNECT_TIMEOUT_MS, MAX_GRPC_MESSAGE_BYTES};
 use ravel_core::{ClusterId, NodeId};
 use ravel_proto::v1::RaftEnvelope;
+use ravel_proto::v1::data_client::DataClient;
 use ravel_proto::v1::raft_transport_client::RaftTransportClient;
 use ravel_storage::{RavelNode, TypeConfig};
 
@@ -114,6 +115,17 @@ impl NetworkFactory {
         addr: &str,
     ) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
         Ok(transport_client(self.channel(addr)?))
+    }
+
+    /// A `Data` client for the peer at `addr`'s Raft transport, on the shared channel: a
+    /// follower forwards a client request to its leader over the link Raft already keeps up.
+    pub(crate) fn data_client(
+        &self,
+        addr: &str,
+    ) -> Result<DataClient<Channel>, tonic::transport::Error> {
+        Ok(DataClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES))
     }
 }
 

@@ -97,7 +97,13 @@ impl RaftTransport for RaftService {
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftReply>, Status> {
         let payload = self.accept(request.into_inner())?;
         let rpc: VoteRequest<NodeId> = decode(&payload).map_err(bad_payload)?;
-        reply(&fatal_only(self.raft.vote(rpc).await))
+        let answer = fatal_only(self.raft.vote(rpc).await);
+        if matches!(&answer, Ok(a) if a.vote_granted) {
+            // As in Raft, granting a vote restarts the wait before campaigning: the candidate
+            // is about to lead, and a pre-vote now would only depose it.
+            self.prevoter.contact.heard_from_leader();
+        }
+        reply(&answer)
     }
 
     async fn install_snapshot(

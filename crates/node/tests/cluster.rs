@@ -173,9 +173,11 @@ fn node_configs(dirs: &[tempfile::TempDir], admin_addr: &str) -> Vec<NodeConfig>
         .enumerate()
         .map(|(i, d)| {
             let raftaddr = free_addr();
+            let grpcaddr = free_addr();
             NodeConfig {
                 storagedir: PathBuf::from(d.path()).join("node"),
-                grpcaddr: free_addr(),
+                grpc_advertise: grpcaddr.clone(),
+                grpcaddr,
                 raft_advertise: raftaddr.clone(),
                 raftaddr,
                 adminrpcaddr: admin_addr.to_owned(),
@@ -244,12 +246,14 @@ async fn three_replicas_elect_write_read_and_restart() {
         key: key.as_bytes().to_vec(),
         value: bytes::Bytes::copy_from_slice(value.as_bytes()),
         cas,
+        forward: false,
     };
     let get = |key: &str, stale: bool| GetRequest {
         cluster_id: CLUSTER,
         partition: 3,
         key: key.as_bytes().to_vec(),
         stale,
+        forward: false,
     };
     let r = leader_data
         .put(put(3, "k", "\"v1\"", None))
@@ -336,6 +340,7 @@ async fn three_replicas_elect_write_read_and_restart() {
             partition: 3,
             key: b"gone".to_vec(),
             cas: None,
+            forward: false,
         })
         .await
         .unwrap()
@@ -403,6 +408,7 @@ async fn late_joiner_catches_up_from_a_snapshot() {
                 key: format!("key{i}").into_bytes(),
                 value: bytes::Bytes::from(format!("{i}")),
                 cas: None,
+                forward: false,
             })
             .await
             .unwrap()
@@ -429,6 +435,7 @@ async fn late_joiner_catches_up_from_a_snapshot() {
             partition: 0,
             key: b"key7".to_vec(),
             stale: true,
+            forward: false,
         })
         .await
         .unwrap()
@@ -473,6 +480,7 @@ async fn concurrent_writes_share_entries_and_keep_their_answers() {
                     key: format!("key{i}").into_bytes(),
                     value: bytes::Bytes::from_static(b"1"),
                     cas: None,
+                    forward: false,
                 })
                 .await
                 .unwrap()
@@ -498,6 +506,7 @@ async fn concurrent_writes_share_entries_and_keep_their_answers() {
                     partition: 5,
                     key: format!("key{i}").into_bytes(),
                     stale: false,
+                    forward: false,
                 })
                 .await
                 .unwrap()

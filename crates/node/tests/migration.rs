@@ -112,6 +112,7 @@ impl Node {
                 key: key.as_bytes().to_vec(),
                 value: bytes::Bytes::copy_from_slice(value.as_bytes()),
                 cas: None,
+                forward: false,
             })
             .await
             .unwrap()
@@ -125,6 +126,7 @@ impl Node {
                 partition,
                 key: key.as_bytes().to_vec(),
                 stale: false,
+                forward: false,
             })
             .await
             .unwrap()
@@ -163,9 +165,11 @@ fn channel(addr: &str) -> Channel {
 /// Starts a replica that creates its own cluster, and waits until it leads it.
 async fn start_leader(dir: &tempfile::TempDir, admin_addr: &str) -> Node {
     let raftaddr = free_addr();
+    let grpcaddr = free_addr();
     let config = NodeConfig {
         storagedir: PathBuf::from(dir.path()).join("node"),
-        grpcaddr: free_addr(),
+        grpc_advertise: grpcaddr.clone(),
+        grpcaddr,
         raft_advertise: raftaddr.clone(),
         raftaddr,
         adminrpcaddr: admin_addr.to_owned(),
@@ -271,6 +275,7 @@ async fn partition_moves_between_two_clusters() {
             partition: P,
             key: b"gone".to_vec(),
             cas: None,
+            forward: false,
         })
         .await
         .unwrap()

@@ -1,7 +1,7 @@
 //! Generated gRPC types and services of `proto/ravel.proto` (package `ravel.v1`).
 //!
-//! Nothing but generated code lives here; conversions to domain types belong to the crates that
-//! use them.
+//! Besides the generated code only [`transport`] lives here: what a failed call says about its
+//! request. Conversions to domain types belong to the crates that use them.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
@@ -9,3 +9,5 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod transport;

@@ -56,7 +56,8 @@ pub enum Scenario {
     Kill,
     /// SIGSTOP / SIGCONT of leaders.
     Pause,
-    /// Leader isolation, one-way cuts both ways, majority/minority splits (5 replicas).
+    /// Leader isolation, one-way cuts both ways, majority/minority splits, the admin cut off
+    /// from a leader (5 replicas).
     Partition,
     /// `kill -9` and restart of the admin.
     Admin,
@@ -106,6 +107,7 @@ impl Scenario {
                 LeaderSendOnly,
                 LeaderReceiveOnly,
                 MajorityMinoritySplit,
+                AdminLeaderCut,
                 IsolateFollower,
                 AddCluster,
                 RemoveCluster,
@@ -117,6 +119,7 @@ impl Scenario {
                 LeaderSendOnly,
                 LeaderReceiveOnly,
                 MajorityMinoritySplit,
+                AdminLeaderCut,
             ],
             Self::Admin => &[KillAdmin],
             Self::Migration => &[
@@ -383,6 +386,7 @@ pub async fn run(options: &ChaosOptions) -> Result<ChaosReport> {
         path_str(&options.node_bin)?,
     )?
     .with_raft_proxies()
+    .with_grpc_proxies()
     .with_admin_args(&admin_args);
     let mut nemesis = Nemesis::new(scenario.replicas());
     tc.start_admin().await?;

@@ -31,6 +31,9 @@ pub mod linearizability;
 pub mod proxy;
 pub mod workload;
 
+/// With `RAVEL_KEEP_LOGS=1` a passing test keeps its data and logs too (to study a run).
+pub const KEEP_LOGS_ENV: &str = "RAVEL_KEEP_LOGS";
+
 /// How long to wait for a process to become ready before a test gives up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -159,6 +162,10 @@ pub struct NodeSpec {
     /// With [`TestCluster::with_raft_proxies`]: the address of the replica's proxy, which it
     /// advertises (`--raft-advertise`) so that every peer reaches it through the proxy.
     pub raft_advertise: Option<String>,
+    /// With [`TestCluster::with_grpc_proxies`]: the address of the proxy in front of the
+    /// replica's gRPC services, which it advertises (`--grpc-advertise`) so the admin calls it
+    /// through the proxy. Tests that call the replica themselves use `grpc_addr`.
+    pub grpc_advertise: Option<String>,
     /// The replica's own HTTP endpoint (`--http`: `/livez`, `/readyz`, `/metrics`).
     pub http_addr: String,
     pub leader_flag: bool,
@@ -177,6 +184,9 @@ pub struct TestCluster {
     /// Whether new replicas are put behind a Raft proxy.
     raft_proxies: bool,
     proxies: BTreeMap<String, proxy::Proxy>,
+    /// Whether new replicas are put behind a gRPC proxy (admin → replica).
+    grpc_proxies: bool,
+    admin_links: BTreeMap<String, proxy::Proxy>,
     /// The pid of each running replica, for the proxies' source classifier.
     node_pids: Arc<Mutex<BTreeMap<String, u32>>>,
     extra_admin_args: Vec<String>,
@@ -216,6 +226,8 @@ impl TestCluster {
             extra_node_args: Vec::new(),
             raft_proxies: false,
             proxies: BTreeMap::new(),
+            grpc_proxies: false,
+            admin_links: BTreeMap::new(),
             node_pids: Arc::new(Mutex::new(BTreeMap::new())),
             extra_admin_args: Vec::new(),
             http,
@@ -249,6 +261,23 @@ impl TestCluster {
         self
     }
 
+    /// Puts every replica started after this call behind its own fault-injecting gRPC proxy:
+    /// the replica advertises the proxy's address (`--grpc-advertise`), so the admin's data and
+    /// control calls to it pass through the proxy, while its Raft links do not. Cut one with
+    /// [`TestCluster::admin_link`]. Needs a tokio runtime when replicas start.
+    pub fn with_grpc_proxies(mut self) -> Self {
+        self.grpc_proxies = true;
+        self
+    }
+
+    /// The proxy between the admin and replica `name`'s gRPC services (see
+    /// [`TestCluster::with_grpc_proxies`]).
+    pub fn admin_link(&self, name: &str) -> &proxy::Proxy {
+        self.admin_links
+            .get(name)
+            .unwrap_or_else(|| panic!("replica {name} has no gRPC proxy"))
+    }
+
     /// The Raft proxy in front of replica `name` (see [`TestCluster::with_raft_proxies`]).
     pub fn proxy(&self, name: &str) -> &proxy::Proxy {
         self.proxies
@@ -270,9 +299,9 @@ impl TestCluster {
         }
     }
 
-    /// Every proxy back to passing everything, per-source modes forgotten.
+    /// Every proxy (Raft and gRPC) back to passing everything, per-source modes forgotten.
     pub fn heal_network(&self) {
-        for proxy in self.proxies.values() {
+        for proxy in self.proxies.values().chain(self.admin_links.values()) {
             proxy.heal();
         }
     }
@@ -382,10 +411,21 @@ impl TestCluster {
             } else {
                 None
             };
+            let grpc_addr = format!("127.0.0.1:{}", free_port());
+            let grpc_advertise = if self.grpc_proxies {
+                let proxy = proxy::Proxy::start("127.0.0.1:0", &grpc_addr)
+                    .with_context(|| format!("starting the gRPC proxy of {name}"))?;
+                let addr = proxy.listen_addr().to_string();
+                self.admin_links.insert(name.to_owned(), proxy);
+                Some(addr)
+            } else {
+                None
+            };
             let spec = NodeSpec {
                 name: name.into(),
                 dir: self.root.join(name),
-                grpc_addr: format!("127.0.0.1:{}", free_port()),
+                grpc_addr,
+                grpc_advertise,
                 raft_addr,
                 raft_advertise,
                 http_addr: format!("127.0.0.1:{}", free_port()),
@@ -406,6 +446,10 @@ impl TestCluster {
             ];
             if let Some(advertise) = &spec.raft_advertise {
                 args.push("--raft-advertise".into());
+                args.push(advertise.clone());
+            }
+            if let Some(advertise) = &spec.grpc_advertise {
+                args.push("--grpc-advertise".into());
                 args.push(advertise.clone());
             }
             if leader {
@@ -637,7 +681,8 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.kill9_all();
-        if self.finished && !std::thread::panicking() {
+        let keep = std::env::var_os(KEEP_LOGS_ENV).is_some_and(|v| v == "1");
+        if self.finished && !std::thread::panicking() && !keep {
             let _ = fs::remove_dir_all(&self.root);
         } else {
             eprintln!("test did not finish: logs kept in {}", self.root.display());

@@ -79,16 +79,27 @@ pub struct Workload {
 
 impl Workload {
     /// Starts the writer and reader tasks against the admin at `base_url`
-    /// (`http://host:port`). Must be called inside a tokio runtime.
+    /// (`http://host:port`) on `config.keys` keys `{key_prefix}{i}`. Must be called inside a
+    /// tokio runtime.
     pub fn start(base_url: &str, config: &WorkloadConfig) -> Result<Self> {
-        if config.keys == 0 || config.writers == 0 {
+        let keys: Vec<String> = (0..config.keys)
+            .map(|i| format!("{}{i}", config.key_prefix))
+            .collect();
+        Self::start_on_keys(base_url, config, keys)
+    }
+
+    /// Like [`Workload::start`], on exactly `keys` (`config.keys` and `key_prefix` are not
+    /// used), e.g. keys picked to live on one cluster.
+    pub fn start_on_keys(
+        base_url: &str,
+        config: &WorkloadConfig,
+        keys: Vec<String>,
+    ) -> Result<Self> {
+        if keys.is_empty() || config.writers == 0 {
             bail!("a workload needs at least one key and one writer: {config:?}");
         }
         let http = crate::http_client(config.request_timeout)
             .context("building the workload's HTTP client")?;
-        let keys: Vec<String> = (0..config.keys)
-            .map(|i| format!("{}{i}", config.key_prefix))
-            .collect();
         let mut workload = Self {
             history: Arc::new(History::new()),
             stop: Arc::new(AtomicBool::new(false)),

@@ -3,7 +3,7 @@
 //! Each fault is one [`FaultKind`]. [`Nemesis::inject`] applies it to a target it picks with the
 //! run's seeded generator (the current leader of a cluster, a follower, the admin, a minority of
 //! replicas) and returns what must be undone; [`Nemesis::heal`] undoes it (restart what was
-//! killed, resume what was paused, pass every proxy again). Membership changes (a cluster added
+//! killed, resume what was paused, pass every proxy again, Raft and admin links alike). Membership changes (a cluster added
 //! during traffic, a cluster removed with `ravel_node kill`) are faults with nothing to undo.
 //! The nemesis knows which replicas exist and which are down; it never judges the history.
 
@@ -42,6 +42,9 @@ pub enum FaultKind {
     /// A random minority of a cluster's replicas (with or without the leader) cut off from the
     /// majority, both ways.
     MajorityMinoritySplit,
+    /// The admin cut off from a cluster's leader (the admin → leader gRPC link blackholed) while
+    /// the cluster itself is healthy: the admin has to reach the leader through a follower.
+    AdminLeaderCut,
     /// A follower cut off from every peer while the majority goes on writing: its local state
     /// goes stale, which is what a read served from it would show.
     IsolateFollower,
@@ -65,6 +68,7 @@ impl FaultKind {
             Self::LeaderSendOnly => "leader_send_only",
             Self::LeaderReceiveOnly => "leader_receive_only",
             Self::MajorityMinoritySplit => "majority_minority_split",
+            Self::AdminLeaderCut => "admin_leader_cut",
             Self::IsolateFollower => "isolate_follower",
             Self::AddCluster => "add_cluster",
             Self::RemoveCluster => "remove_cluster",
@@ -193,6 +197,10 @@ impl Nemesis {
             }
             FaultKind::IsolateLeader => {
                 tc.isolate_node(&leader);
+                (Active::Network, leader)
+            }
+            FaultKind::AdminLeaderCut => {
+                tc.admin_link(&leader).blackhole();
                 (Active::Network, leader)
             }
             FaultKind::IsolateFollower => {

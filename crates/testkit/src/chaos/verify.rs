@@ -88,6 +88,7 @@ async fn compare_cluster(
                 partition: ravel_core::partition_of(key.as_bytes(), partitions),
                 key: key.clone().into_bytes(),
                 stale: true,
+                forward: false,
             };
             let reply = client
                 .get(req)
