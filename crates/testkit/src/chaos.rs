@@ -44,6 +44,8 @@ pub const READ_BACK_DEADLINE: Duration = Duration::from_secs(30);
 pub const MIGRATIONS_SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Client deadline of one request: above the admin's own 15 s request timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the run asks the replicas who leads, while a fault that took a leader away holds.
+const NEW_LEADER_POLL: Duration = Duration::from_millis(25);
 /// Problems listed in a report's text (the history file has everything).
 const MAX_LISTED: usize = 10;
 
@@ -422,11 +424,19 @@ pub async fn run(options: &ChaosOptions) -> Result<ChaosReport> {
                 eprintln!("chaos {:>6.1?}: {} on {target}", at, kind.name());
                 *report.faults.entry(kind.name().to_owned()).or_default() += 1;
                 let hold = rng.random_range(hold_min..=hold_max);
-                tokio::time::sleep(hold).await;
+                let held_until = tokio::time::Instant::now() + hold;
+                let new_leader = if kind.takes_leader() {
+                    let peers = nemesis.peers_of(&target);
+                    watch_new_leader(&tc, &peers, held_until, &recorder, injected_at).await
+                } else {
+                    figures::NewLeader::NotWatched
+                };
+                tokio::time::sleep_until(held_until).await;
                 windows.push(figures::FaultWindow {
                     kind: kind.name(),
                     start: injected_at,
                     end: recorder.now(),
+                    new_leader,
                 });
                 if let Err(e) = nemesis.heal(&mut tc, active).await {
                     report
@@ -471,6 +481,26 @@ const MAX_CLUSTERS: usize = 3;
 /// (an addition while there is one cluster, else a removal), so that every run migrates under
 /// the faults in between; other scenarios draw from their set, never growing past
 /// [`MAX_CLUSTERS`].
+/// Polls `peers` until one reports itself leader or `until`; the answer is timed on the
+/// recorder's clock from `injected_at`.
+async fn watch_new_leader(
+    tc: &TestCluster,
+    peers: &[String],
+    until: tokio::time::Instant,
+    recorder: &Recorder<String>,
+    injected_at: Duration,
+) -> figures::NewLeader {
+    while tokio::time::Instant::now() < until {
+        for peer in peers {
+            if tc.status(peer).await.is_ok_and(|s| s.role == "leader") {
+                return figures::NewLeader::After(recorder.now().saturating_sub(injected_at));
+            }
+        }
+        tokio::time::sleep(NEW_LEADER_POLL).await;
+    }
+    figures::NewLeader::NoneWithinHold
+}
+
 fn next_fault(scenario: Scenario, injected: u64, clusters: usize, rng: &mut StdRng) -> FaultKind {
     use FaultKind::{AddCluster, RemoveCluster};
     if scenario == Scenario::Migration && injected.is_multiple_of(3) {

@@ -1,8 +1,9 @@
 //! Per-fault figures of a chaos run, read off the recorded history: for each kind of fault,
 //! over every window from its injection to its heal, the availability (acknowledged operations
 //! among those invoked in the window), the acknowledged operations per second, the time from
-//! the injection to the first acknowledged write (for a leader fault: failover as a client sees
-//! it) and the longest stretch without an acknowledged write (the longest write pause).
+//! the injection to the first acknowledged write, the longest stretch without an acknowledged
+//! write (the longest write pause) and, for a fault that takes a leader away, the time until
+//! another replica of its cluster reported itself leader (watched by the run during the hold).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +17,19 @@ pub struct FaultWindow {
     pub kind: &'static str,
     pub start: Duration,
     pub end: Duration,
+    /// For a fault that takes a leader away, whether and when another replica took over.
+    pub new_leader: NewLeader,
+}
+
+/// What the run saw of a new leader during one fault's hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewLeader {
+    /// The fault does not take a leader away: nothing watched.
+    NotWatched,
+    /// Another replica of the cluster reported itself leader this long after the injection.
+    After(Duration),
+    /// None did within the hold.
+    NoneWithinHold,
 }
 
 /// The figures of one kind of fault over all its windows.
@@ -32,6 +46,10 @@ pub struct FaultFigures {
     pub median_first_write: Duration,
     /// Longest stretch inside a window with no acknowledged write.
     pub longest_write_pause: Duration,
+    /// Median and slowest time to a new leader over the windows that saw one.
+    pub new_leader: Option<(Duration, Duration)>,
+    /// Windows of a leader-taking fault in which no new leader was seen within the hold.
+    pub no_new_leader: usize,
 }
 
 impl FaultFigures {
@@ -73,7 +91,17 @@ impl fmt::Display for FaultFigures {
             self.median_first_write,
             self.worst_first_write,
             self.longest_write_pause
-        )
+        )?;
+        if let Some((median, worst)) = self.new_leader {
+            write!(
+                f,
+                ", new leader after {median:.2?} (median) / {worst:.2?} (worst)"
+            )?;
+        }
+        if self.no_new_leader > 0 {
+            write!(f, ", {} windows without a new leader", self.no_new_leader)?;
+        }
+        Ok(())
     }
 }
 
@@ -94,11 +122,17 @@ pub fn per_fault<V>(
         .collect();
     ok_writes.sort_unstable();
     let mut firsts: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    let mut elections: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     let mut out: BTreeMap<String, FaultFigures> = BTreeMap::new();
     for w in windows.iter().filter(|w| w.end > w.start) {
         let figures = out.entry(w.kind.to_owned()).or_default();
         figures.windows += 1;
         figures.under_fault += w.end - w.start;
+        match w.new_leader {
+            NewLeader::After(after) => elections.entry(w.kind).or_default().push(after),
+            NewLeader::NoneWithinHold => figures.no_new_leader += 1,
+            NewLeader::NotWatched => {}
+        }
         for op in ops
             .iter()
             .filter(|op| op.invoke_at >= w.start && op.invoke_at < w.end)
@@ -127,6 +161,12 @@ pub fn per_fault<V>(
         times.sort_unstable();
         if let Some(figures) = out.get_mut(kind) {
             figures.median_first_write = times[times.len() / 2];
+        }
+    }
+    for (kind, mut times) in elections {
+        times.sort_unstable();
+        if let (Some(figures), Some(worst)) = (out.get_mut(kind), times.last()) {
+            figures.new_leader = Some((times[times.len() / 2], *worst));
         }
     }
     out
@@ -179,6 +219,7 @@ mod tests {
             kind: "kill_leader",
             start: Duration::from_millis(1000),
             end: Duration::from_millis(3000),
+            new_leader: NewLeader::After(Duration::from_millis(1200)),
         }];
         let f = &per_fault(&windows, &ops)["kill_leader"];
         assert_eq!(f.windows, 1);
@@ -189,6 +230,8 @@ mod tests {
         assert_eq!(f.longest_write_pause, Duration::from_millis(1300));
         assert!((f.availability() - 0.75).abs() < 1e-9);
         assert!((f.ok_per_second() - 1.5).abs() < 1e-9);
+        let one = Duration::from_millis(1200);
+        assert_eq!((f.new_leader, f.no_new_leader), (Some((one, one)), 0));
     }
 
     /// A window with no acknowledged write counts its whole length as the pause.
@@ -199,14 +242,21 @@ mod tests {
                 kind: "pause",
                 start: Duration::from_secs(1),
                 end: Duration::from_secs(2),
+                new_leader: NewLeader::NotWatched,
             },
             FaultWindow {
                 kind: "pause",
                 start: Duration::from_secs(5),
                 end: Duration::from_secs(8),
+                new_leader: NewLeader::NotWatched,
             },
         ];
         let f = &per_fault::<u64>(&windows, &[])["pause"];
+        assert_eq!(
+            (f.new_leader, f.no_new_leader),
+            (None, 0),
+            "not a leader fault"
+        );
         assert_eq!(f.windows, 2);
         assert_eq!(f.longest_write_pause, Duration::from_secs(3));
         assert_eq!(f.worst_first_write, Duration::from_secs(3));

@@ -76,6 +76,22 @@ impl FaultKind {
     }
 }
 
+impl FaultKind {
+    /// Whether the fault takes a cluster's leader away, so that another replica should take
+    /// over while it lasts.
+    #[must_use]
+    pub fn takes_leader(self) -> bool {
+        matches!(
+            self,
+            Self::KillLeader
+                | Self::PauseLeader
+                | Self::IsolateLeader
+                | Self::LeaderSendOnly
+                | Self::LeaderReceiveOnly
+        )
+    }
+}
+
 /// What an injected fault left to undo.
 #[derive(Debug)]
 pub enum Active {
@@ -322,6 +338,16 @@ impl Nemesis {
             self.admin_down = false;
         }
         Ok(())
+    }
+
+    /// The other replicas of `name`'s cluster.
+    #[must_use]
+    pub fn peers_of(&self, name: &str) -> Vec<String> {
+        self.clusters
+            .values()
+            .find(|members| members.iter().any(|m| m == name))
+            .map(|members| members.iter().filter(|m| *m != name).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Every replica still part of the run.
