@@ -574,6 +574,22 @@ mod tests {
         ))
     }
 
+    /// The real HTTP server on a loopback port over fresh metadata: the metadata's directory
+    /// (keep it alive), the address, the shutdown token and the server task.
+    async fn start_test_server() -> (
+        tempfile::TempDir,
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let server = tokio::spawn(serve_http(listener, test_state(dir.path()), token.clone()));
+        (dir, addr, token, server)
+    }
+
     fn code_of(result: Result<impl std::fmt::Debug, ApiError>) -> &'static str {
         match result {
             Ok(v) => panic!("expected an error, got {v:?}"),
@@ -755,11 +771,7 @@ mod tests {
     #[tokio::test]
     async fn hostile_nesting_is_refused_and_the_server_keeps_serving() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
-        let server = tokio::spawn(serve_http(listener, test_state(dir.path()), token.clone()));
+        let (_dir, addr, token, server) = start_test_server().await;
         let deep = nested_array(100_000);
         let put_body = format!(r#"{{"key":"k","val":{deep}}}"#);
         let requests = [
@@ -1053,18 +1065,12 @@ mod tests {
         );
     }
 
-    /// The real server answers over TCP, closes idle keep-alive connections only after its
-    /// timeout, and stops when the shutdown token is cancelled.
     /// A client that sends an oversized body whole gets its 413 and can go on using the same
     /// connection: the refused body is drained (bounded), not left unread behind a reset.
     #[tokio::test]
     async fn oversized_body_is_drained_and_the_connection_stays_usable() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
-        let server = tokio::spawn(serve_http(listener, test_state(dir.path()), token.clone()));
+        let (_dir, addr, token, server) = start_test_server().await;
         let (mut reader, mut writer) = tokio::net::TcpStream::connect(addr)
             .await
             .unwrap()
@@ -1097,14 +1103,11 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     }
 
+    /// The real server answers over TCP and stops when the shutdown token is cancelled.
     #[tokio::test]
     async fn server_serves_and_shuts_down() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
-        let server = tokio::spawn(serve_http(listener, test_state(dir.path()), token.clone()));
+        let (_dir, addr, token, server) = start_test_server().await;
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         conn.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
             .await

@@ -13,6 +13,7 @@ use crate::SharedState;
 use crate::placement::control_request;
 use ravel_proto::v1::StatusRequest;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ pub const PROBE_DEADLINE_MS: u64 = 500;
 #[derive(Debug, Default)]
 pub struct Reachability {
     marked: Mutex<HashMap<String, Instant>>,
+    /// How many are marked, readable without the lock: every routed request asks, and almost
+    /// always nothing is marked.
+    count: AtomicUsize,
 }
 
 impl Reachability {
@@ -35,21 +39,35 @@ impl Reachability {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether any of the replicas at `grpc_addrs` is marked unreachable (no lock taken while
+    /// nothing is marked).
+    pub fn any_of<'a>(&self, grpc_addrs: impl IntoIterator<Item = &'a str>) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let marks = self.marks();
+        grpc_addrs.into_iter().any(|addr| marks.contains_key(addr))
+    }
+
     /// Whether the replica at `grpc_addr` is marked unreachable.
     pub fn is_unreachable(&self, grpc_addr: &str) -> bool {
-        self.marks().contains_key(grpc_addr)
+        self.any_of([grpc_addr])
     }
 
     /// Marks `grpc_addr`; true when it was not marked before (the caller then starts a probe).
     fn mark(&self, grpc_addr: &str) -> bool {
-        self.marks()
-            .insert(grpc_addr.to_owned(), Instant::now())
-            .is_none()
+        let mut marks = self.marks();
+        let new = marks.insert(grpc_addr.to_owned(), Instant::now()).is_none();
+        self.count.store(marks.len(), Ordering::Relaxed);
+        new
     }
 
     /// Clears the mark of `grpc_addr`; how long it was marked, if it was.
     fn clear(&self, grpc_addr: &str) -> Option<Duration> {
-        self.marks().remove(grpc_addr).map(|since| since.elapsed())
+        let mut marks = self.marks();
+        let since = marks.remove(grpc_addr);
+        self.count.store(marks.len(), Ordering::Relaxed);
+        since.map(|since| since.elapsed())
     }
 }
 
@@ -120,9 +138,12 @@ mod tests {
         assert!(!reach.mark("a:1"), "already marked: no second probe");
         assert!(reach.is_unreachable("a:1"));
         assert!(!reach.is_unreachable("b:1"));
+        assert!(reach.any_of(["b:1", "a:1"]));
+        assert!(!reach.any_of(["b:1", "c:1"]));
         assert!(reach.clear("a:1").is_some());
         assert!(reach.clear("a:1").is_none());
         assert!(!reach.is_unreachable("a:1"));
+        assert!(!reach.any_of(["a:1"]));
     }
 
     /// The probe keeps the mark of a replica that does not answer, and clears it once the

@@ -247,7 +247,12 @@ impl Router {
             let cached_leader = state.pool.leader(cluster);
             let mut queue = initial_order(&replicas, cached_leader);
             // Replicas this admin cannot reach now go last (stable: the leader first otherwise).
-            queue.sort_by_key(|node| self.is_unreachable(&replicas, *node));
+            if state
+                .reach
+                .any_of(replicas.iter().map(|(_, addr)| addr.as_str()))
+            {
+                queue.sort_by_key(|node| self.is_unreachable(&replicas, *node));
+            }
             if fault::follower_reads() && op.is_stale_read() {
                 // The injected fault: followers first, so reads really come from lagging state.
                 queue.rotate_left(1);
@@ -277,9 +282,9 @@ impl Router {
                 // mark set by this round's earlier attempt counts already.
                 let forward = !op.is_stale_read()
                     && cached_leader != Some(node)
-                    && replicas
-                        .iter()
-                        .any(|(_, addr)| state.reach.is_unreachable(addr));
+                    && state
+                        .reach
+                        .any_of(replicas.iter().map(|(_, addr)| addr.as_str()));
                 let target = Target {
                     node,
                     addr,

@@ -58,8 +58,7 @@ impl DataService {
 
     /// Where a request goes instead of being served here: to the leader, when the request asks
     /// to be forwarded, names this cluster, this replica is not the leader and it knows who is.
-    /// Otherwise `None`,
-    /// and the request is served here (or refused with NOT_LEADER) as usual.
+    /// Otherwise `None`, and the request is served here (or refused with NOT_LEADER) as usual.
     fn forward_target(&self, forward: bool, cluster: ClusterId) -> Option<ForwardTo> {
         let r = &self.replica;
         // A request for another cluster is refused here, not passed on.
@@ -109,23 +108,9 @@ impl DataService {
         let label = if outcome.is_ok() { "sent" } else { "failed" };
         metrics::counter!("ravel_node_forwarded_total", "method" => method, "hop" => label)
             .increment(1);
-        match outcome {
-            Ok(reply) => Ok(reply.into_inner()),
-            Err(status) if is_write && !never_sent(&status) => {
-                Err(NodeError::OutcomeUnknown(format!(
-                    "forwarded to leader {} at {}, which did not answer: {}",
-                    to.leader,
-                    to.raft_addr,
-                    status.message()
-                )))
-            }
-            Err(status) => Err(NodeError::Unavailable(format!(
-                "could not forward to leader {} at {}: {}",
-                to.leader,
-                to.raft_addr,
-                status.message()
-            ))),
-        }
+        outcome
+            .map(Response::into_inner)
+            .map_err(|status| hop_failure(is_write, &status, &to))
     }
 
     async fn put(&self, r: PutRequest) -> Result<u64, NodeError> {
@@ -182,6 +167,27 @@ impl DataService {
                     NodeError::Unavailable(format!("the state machine could not be read: {reason}"))
                 }
             })
+    }
+}
+
+/// What a forwarded request whose hop to the leader failed with `status` answers: a write that
+/// may have reached the leader has an unknown outcome; a read, or a write that certainly never
+/// left this replica, is a definite UNAVAILABLE (safe to retry elsewhere).
+fn hop_failure(is_write: bool, status: &Status, to: &ForwardTo) -> NodeError {
+    if is_write && !never_sent(status) {
+        NodeError::OutcomeUnknown(format!(
+            "forwarded to leader {} at {}, which did not answer: {}",
+            to.leader,
+            to.raft_addr,
+            status.message()
+        ))
+    } else {
+        NodeError::Unavailable(format!(
+            "could not forward to leader {} at {}: {}",
+            to.leader,
+            to.raft_addr,
+            status.message()
+        ))
     }
 }
 
@@ -330,5 +336,39 @@ impl Data for DataService {
         let outcome = DataService::delete(self, request).await;
         observe("delete", started, outcome.as_ref().err());
         Ok(Response::new(delete_reply(outcome)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader() -> ForwardTo {
+        ForwardTo {
+            leader: 2,
+            raft_addr: "127.0.0.1:1".into(),
+        }
+    }
+
+    /// A failed hop keeps the outcome rules: a write that may have reached the leader is
+    /// unknown; a write never sent, and any read, are definite refusals.
+    #[test]
+    fn hop_failures_keep_the_outcome_rules() {
+        let deadline = Status::deadline_exceeded("Timeout expired");
+        // How tonic reports a connection the leader refused (the request never left).
+        let refused = Status::unavailable("tcp connect error: Connection refused (os error 111)");
+        assert!(never_sent(&refused) && !never_sent(&deadline));
+
+        let code = |e: NodeError| e.code();
+        assert_eq!(
+            code(hop_failure(true, &deadline, &leader())),
+            "outcome_unknown"
+        );
+        assert_eq!(code(hop_failure(true, &refused, &leader())), "unavailable");
+        assert_eq!(
+            code(hop_failure(false, &deadline, &leader())),
+            "unavailable"
+        );
+        assert_eq!(code(hop_failure(false, &refused, &leader())), "unavailable");
     }
 }

@@ -81,11 +81,33 @@ impl PreVoter {
             let m = metrics.borrow();
             (m.state == ServerState::Leader, m.current_term)
         };
-        let hears_leader = self.contact.since_leader() < LEADER_SILENCE;
-        !leads
-            && !hears_leader
-            && term <= request.term
-            && request.last_log_id >= self.log.last_log_id()
+        let peer = PeerView {
+            leads,
+            hears_leader: self.contact.since_leader() < LEADER_SILENCE,
+            term,
+            last_log_id: self.log.last_log_id(),
+        };
+        peer.grants(request)
+    }
+}
+
+/// What a peer knows when it is asked for a pre-vote.
+#[derive(Clone, Copy, Debug)]
+struct PeerView {
+    leads: bool,
+    /// It heard a leader, or granted a real vote, within [`LEADER_SILENCE`].
+    hears_leader: bool,
+    term: u64,
+    last_log_id: Option<LogId<NodeId>>,
+}
+
+impl PeerView {
+    /// The rule of [`PreVoter::answer`].
+    fn grants(&self, request: &PreVoteRequest) -> bool {
+        !self.leads
+            && !self.hears_leader
+            && self.term <= request.term
+            && request.last_log_id >= self.last_log_id
     }
 }
 
@@ -240,4 +262,55 @@ async fn ask_peers(
         }
     }
     yeses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn log_id(term: u64, index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    /// A peer grants only when it does not lead, hears no leader (nor voted lately), is in no
+    /// later term than the candidate, and the candidate's log is at least as up to date.
+    #[test]
+    fn pre_vote_rule() {
+        let peer = PeerView {
+            leads: false,
+            hears_leader: false,
+            term: 2,
+            last_log_id: log_id(2, 10),
+        };
+        let request = PreVoteRequest {
+            candidate: 3,
+            term: 2,
+            last_log_id: log_id(2, 10),
+        };
+        assert!(peer.grants(&request));
+        assert!(
+            !PeerView {
+                leads: true,
+                ..peer
+            }
+            .grants(&request)
+        );
+        assert!(
+            !PeerView {
+                hears_leader: true,
+                ..peer
+            }
+            .grants(&request)
+        );
+        // The peer already moved to the term the candidate would campaign in.
+        assert!(!PeerView { term: 3, ..peer }.grants(&request));
+        let behind = PreVoteRequest {
+            last_log_id: log_id(2, 9),
+            ..request.clone()
+        };
+        assert!(!peer.grants(&behind));
+        let later_term = PreVoteRequest { term: 5, ..request };
+        assert!(peer.grants(&later_term));
+    }
 }
