@@ -1,4 +1,4 @@
--- kv.lua: the wrk (4.x) request generator used by bench/ravel-bench.
+-- kv.lua: the wrk (4.x) request generator used by bench/ravel-bench (and by bench/ravel-migrate to pre-load).
 --
 -- One script for both systems under test. Every request names a key "key%08d" drawn from a
 -- fixed key space; puts carry a value of BENCH_VALUE_SIZE random alphanumeric bytes.
