@@ -229,9 +229,10 @@ async fn leader_kill9_mid_move(tc: &mut TestCluster, config: &WorkloadConfig) ->
 /// three replicas because placement gives a new replica to the smallest cluster, lowest id on a
 /// tie, so a smaller source would take the target's second replica), and once the target's
 /// replicas are voters two of them (its leader among them) are killed with `kill -9`. The source
-/// resumes: the moves freeze their partitions and stall at the copy; every key stays readable;
-/// after `TARGET_DOWN_ABORT_MS` the moves abort, the source serves every partition again and,
-/// during the retry backoff, every key is read and written without a single failure. The two
+/// resumes: the moves export their partitions and stall at the pre-copy (the target cannot
+/// prepare) while the source goes on serving them — every key stays readable and not one write
+/// fails; after `TARGET_DOWN_ABORT_MS` the moves abort, the source serves every partition as
+/// before and, during the retry backoff, every key is read and written without a single failure. The two
 /// replicas restart: the moves are retried after the backoff and complete, and the same
 /// properties as under load hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -294,24 +295,25 @@ async fn target_without_quorum(tc: &mut TestCluster, config: &WorkloadConfig) ->
         view["migrations"]
     );
 
-    // The moves freeze their partitions at the source and stall at the copy: every key is still
-    // readable (a frozen partition is); writes fail only on the partitions being moved.
+    // The moves export their partitions at the source and stall at the pre-copy: the source
+    // still serves them, so every key is readable and writable.
     let mut stalled: BTreeSet<u64> = BTreeSet::new();
-    let copying = wait_view(tc, "a move stalled at the copy", |v| {
+    let copying = wait_view(tc, "a move stalled at the pre-copy", |v| {
         stalled.extend(moving_partitions(v));
-        moving_steps(v).contains("copying")
+        moving_steps(v).contains("precopying")
     })
     .await?;
     let stalled_since = Instant::now();
+    let stalled_at = history.now();
     let finals = read_finals(&tc.url(""), &keys, 16, 25).await?;
     ensure!(
         finals.len() == keys.len(),
-        "while moves stalled at the copy only {} of {} keys could be read",
+        "while moves stalled at the pre-copy only {} of {} keys could be read",
         finals.len(),
         keys.len()
     );
     eprintln!(
-        "moves stalled at the copy {:?} after the source resumed: {}; all {} keys read in {:?}",
+        "moves stalled at the pre-copy {:?} after the source resumed: {}; all {} keys read in {:?}",
         resumed.elapsed(),
         copying["migrations"],
         keys.len(),
@@ -326,8 +328,29 @@ async fn target_without_quorum(tc: &mut TestCluster, config: &WorkloadConfig) ->
     .await?;
     let aborted = Instant::now();
     let window_start = history.now();
+    // The source served the moving partitions all along: no write invoked while the moves
+    // stalled failed.
+    let ops = history.ops();
+    let stalled_writes: Vec<&Op> = ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Write)
+        .filter(|o| o.invoke_at >= stalled_at && o.invoke_at < window_start)
+        .collect();
+    let failed_while_stalled: Vec<&&Op> = stalled_writes
+        .iter()
+        .filter(|o| o.outcome != Outcome::Ok)
+        .take(10)
+        .collect();
+    ensure!(
+        failed_while_stalled.is_empty(),
+        "writes failed while the moves stalled at the pre-copy: {failed_while_stalled:?}"
+    );
     eprintln!(
-        "moves aborted {:?} after the first one stalled at the copy ({:?} after the source \
+        "{} writes while the moves stalled at the pre-copy, all acknowledged",
+        stalled_writes.len()
+    );
+    eprintln!(
+        "moves aborted {:?} after the first one stalled at the pre-copy ({:?} after the source \
          resumed; TARGET_DOWN_ABORT_MS is {} ms); partitions moved and restored: {stalled:?}",
         aborted - stalled_since,
         aborted - resumed,

@@ -2,7 +2,8 @@
 //!
 //! The view shows the owner of every partition (`partition_owners`); per cluster its partitions,
 //! its key count (the leader's `Status`) and whether it is draining; and at the top the moves in
-//! progress, the largest write pause of any finished move (`max_write_pause_ms`) and the recent
+//! progress, the largest write pause of any finished move (`max_write_pause_ms`), the recent
+//! migration rate (`migration_rate`) and the recent
 //! leader changes the admin observed (`leader_changes`, oldest first; see [`crate::pool`]).
 //!
 //! The view joins the persisted metadata with a live `Control.Status` from every replica (asked
@@ -155,6 +156,7 @@ pub async fn cluster_view(state: &AdminState) -> Value {
             })
         })
         .collect();
+    let rate = state.mover.rate();
     // One admin until the admin group of issue 8: it leads itself and answers this page.
     let admins = vec![json!({
         "grpc_addr": state.addrs.grpc,
@@ -175,6 +177,12 @@ pub async fn cluster_view(state: &AdminState) -> Value {
         // Partitions whose owner differs from the ring's choice and that no move handles yet.
         "moves_pending": crate::meta::plan_moves(&meta).len(),
         "max_write_pause_ms": meta.max_write_pause_ms,
+        // Records and MB (10^6 bytes of keys and values) copied per second by the moves, over
+        // the last `RATE_WINDOW_MS`.
+        "migration_rate": {
+            "keys_per_sec": (rate.keys_per_sec * 10.0).round() / 10.0,
+            "mb_per_sec": (rate.bytes_per_sec / 1e4).round() / 100.0,
+        },
         "leader_changes": state.pool.leader_changes(),
     })
 }

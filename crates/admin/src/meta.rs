@@ -108,15 +108,17 @@ pub struct MetaState {
 }
 
 /// The step a move has reached. Persisted *before* the step's action is taken, so that a
-/// restarted admin repeats it (every action is idempotent). Ordered: a move only goes forward,
-/// except to [`MoveStep::Aborting`] before [`MoveStep::Activating`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// restarted admin repeats it (every action is idempotent). A move only goes forward (in the
+/// order of [`MoveStep::next`], not the declaration order, which is the on-disk encoding:
+/// append, never reorder), except to [`MoveStep::Aborting`] before [`MoveStep::Activating`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MoveStep {
     /// Recorded; nothing sent yet.
     Planned,
     /// FREEZE at the source (writes refused from now on).
     Freezing,
-    /// PREPARE_INCOMING at the target, then the copy in batches (ScanPartition → INGEST).
+    /// The copy while frozen: the change log's last entries after the pre-copy or, for a move
+    /// this admin run did not pre-copy, PREPARE_INCOMING and the whole partition.
     Copying,
     /// RELEASE at the source (it stops serving reads).
     Releasing,
@@ -126,6 +128,11 @@ pub enum MoveStep {
     Purging,
     /// Giving up before ACTIVATE: RESTORE at the source, best-effort ABANDON at the target.
     Aborting,
+    /// EXPORT at the source: it goes on serving the partition and logs every write by version.
+    Exporting,
+    /// The pre-copy while the source serves: PREPARE_INCOMING at the target, the whole
+    /// partition (ScanPartition → INGEST), then rounds over the change log (INGEST_CHANGES).
+    Precopying,
 }
 
 impl MoveStep {
@@ -140,6 +147,8 @@ impl MoveStep {
             Self::Activating => "activating",
             Self::Purging => "purging",
             Self::Aborting => "aborting",
+            Self::Exporting => "exporting",
+            Self::Precopying => "precopying",
         }
     }
 
@@ -147,7 +156,9 @@ impl MoveStep {
     #[must_use]
     pub fn next(self) -> Option<Self> {
         match self {
-            Self::Planned => Some(Self::Freezing),
+            Self::Planned => Some(Self::Exporting),
+            Self::Exporting => Some(Self::Precopying),
+            Self::Precopying => Some(Self::Freezing),
             Self::Freezing => Some(Self::Copying),
             Self::Copying => Some(Self::Releasing),
             Self::Releasing => Some(Self::Activating),
@@ -965,6 +976,8 @@ pub struct MetaStore {
     has_data: AtomicBool,
     /// Serialises commands: one clone-apply-persist-publish at a time.
     write: tokio::sync::Mutex<()>,
+    /// The epoch of the published table, for [`Self::table_changed_from`].
+    table_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl MetaStore {
@@ -1006,6 +1019,7 @@ impl MetaStore {
             }
         };
         Ok(Self {
+            table_epoch: tokio::sync::watch::Sender::new(state.table.epoch),
             has_data: AtomicBool::new(state.has_data),
             current: RwLock::new(Arc::new(state)),
             db,
@@ -1042,15 +1056,29 @@ impl MetaStore {
             .await
             .map_err(|e| MetaError::Task(e.to_string()))??;
         let has_data = next.has_data;
+        let epoch = next.table.epoch;
         let next = Arc::new(next);
         match self.current.write() {
             Ok(mut guard) => *guard = next,
             Err(poisoned) => *poisoned.into_inner() = next,
         }
+        self.table_epoch.send_if_modified(|published| {
+            let changed = *published != epoch;
+            *published = epoch;
+            changed
+        });
         if has_data {
             self.has_data.store(true, Ordering::Release);
         }
         Ok(outcome)
+    }
+
+    /// Resolves once the published table's epoch is not `epoch` (at once if it already is not):
+    /// a request refused because its partition moved waits here for the switch.
+    pub async fn table_changed_from(&self, epoch: u64) {
+        let mut published = self.table_epoch.subscribe();
+        // The sender lives as long as `self`, so the wait cannot fail while we are borrowed.
+        let _ = published.wait_for(|e| *e != epoch).await;
     }
 
     /// Makes sure `has_data` is true and durable before the first write is routed (fast path: an
@@ -1518,6 +1546,13 @@ mod tests {
         assert!(!plan_moves(&s).iter().any(|m| m.partition == p));
         // No skipping ahead.
         assert!(s.apply(adv(p, MoveStep::Copying, 1)).is_err());
+        assert!(s.apply(adv(p, MoveStep::Freezing, 1)).is_err());
+        twice(&mut s, adv(p, MoveStep::Exporting, 100));
+        twice(&mut s, adv(p, MoveStep::Precopying, 150));
+        assert_eq!(
+            s.moves[&p].frozen_at_ms, None,
+            "the pre-copy is no write pause"
+        );
         twice(&mut s, adv(p, MoveStep::Freezing, 200));
         assert_eq!(s.moves[&p].frozen_at_ms, Some(200));
         // A repeat later keeps the first freeze time.
@@ -1566,7 +1601,7 @@ mod tests {
         // An abort before ACTIVATE restores nothing in the table.
         let m = plan_moves(&s)[0];
         s.apply(start(m.partition, m.source, m.target)).unwrap();
-        s.apply(adv(m.partition, MoveStep::Freezing, 1)).unwrap();
+        s.apply(adv(m.partition, MoveStep::Exporting, 1)).unwrap();
         twice(&mut s, adv(m.partition, MoveStep::Aborting, 0));
         assert!(s.apply(adv(m.partition, MoveStep::Copying, 0)).is_err());
         assert!(
@@ -1601,7 +1636,13 @@ mod tests {
         let (a, b) = (plan[0].partition, plan[1].partition);
         for p in [a, b] {
             s.apply(start(p, 1, 2)).unwrap();
-            s.apply(adv(p, MoveStep::Freezing, 1)).unwrap();
+            for step in [
+                MoveStep::Exporting,
+                MoveStep::Precopying,
+                MoveStep::Freezing,
+            ] {
+                s.apply(adv(p, step, 1)).unwrap();
+            }
         }
         for step in [MoveStep::Copying, MoveStep::Releasing, MoveStep::Activating] {
             s.apply(adv(b, step, 1)).unwrap();
@@ -1636,10 +1677,13 @@ mod tests {
                 .execute(start(m.partition, m.source, m.target))
                 .await
                 .unwrap();
-            store
-                .execute(adv(m.partition, MoveStep::Freezing, 5))
-                .await
-                .unwrap();
+            for step in [
+                MoveStep::Exporting,
+                MoveStep::Precopying,
+                MoveStep::Freezing,
+            ] {
+                store.execute(adv(m.partition, step, 5)).await.unwrap();
+            }
             let out = store
                 .execute(MetaCommand::RemoveReplica {
                     node_id: 3,

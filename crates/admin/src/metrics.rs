@@ -27,6 +27,15 @@ pub fn describe() {
         "Partition moves ended, by outcome (finished, aborted)"
     );
     describe_gauge!("ravel_admin_moves_in_progress", "Partition moves under way");
+    describe_counter!(
+        "ravel_admin_migrated_records_total",
+        "Records (and deletions) copied to the targets of partition moves"
+    );
+    describe_counter!(
+        "ravel_admin_migrated_bytes_total",
+        Unit::Bytes,
+        "Bytes of keys and values copied to the targets of partition moves"
+    );
     describe_histogram!(
         "ravel_admin_move_duration_seconds",
         Unit::Seconds,

@@ -36,7 +36,7 @@ use ravel_proto::v1::{
     MigrateOp, MigrateRecord, MigrateReply, MigrateRequest, NodeError, ScanPartitionReply,
     ScanPartitionRequest,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -75,12 +75,43 @@ const MOVER_INTERVAL_MS: u64 = 1_000;
 /// Framing bytes counted per record on top of its key and value, for the INGEST byte cap.
 const RECORD_OVERHEAD_BYTES: usize = 16;
 
-/// The mover's shared, in-memory side: its wake-up and live copy progress.
+/// Most rounds over the change log in a pre-copy, after the whole partition was copied.
+pub const PRECOPY_MAX_ROUNDS: usize = 8;
+
+/// A pre-copy round that copied at most this many changes ends the pre-copy: what is left for
+/// the freeze is about as small as it gets.
+pub const PRECOPY_SETTLED_CHANGES: u64 = 64;
+
+/// Window over which `/v1/cluster` reports the migration rate.
+pub const RATE_WINDOW_MS: u64 = 10_000;
+
+/// How far a move's copy has read the source's change log (kept in memory: a move resumed
+/// after an admin restart copies its partition whole).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// Changes up to this change-log version are at the target.
+    after: u64,
+    /// The source's version counter last sent to the target.
+    floor: u64,
+}
+
+/// The migration rate over the last [`RATE_WINDOW_MS`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MigrationRate {
+    pub keys_per_sec: f64,
+    pub bytes_per_sec: f64,
+}
+
+/// The mover's shared, in-memory side: its wake-up, live copy progress and rate.
 #[derive(Default)]
 pub struct Mover {
     wake: Notify,
     /// Records copied so far per partition being copied (persisted only at batch boundaries).
     progress: Mutex<BTreeMap<PartitionId, u64>>,
+    /// Where each pre-copied move's copy of the change log stands.
+    tails: Mutex<BTreeMap<PartitionId, Tail>>,
+    /// (when, records, bytes) of each batch copied within the rate window.
+    batches: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,8 +138,59 @@ impl Mover {
         lock(&self.progress).insert(partition, copied);
     }
 
+    /// Counts one batch of `records` (`bytes` of keys and values) copied for `partition`, whose
+    /// move has copied `total` so far.
+    fn copied(&self, partition: PartitionId, total: u64, records: u64, bytes: u64) {
+        self.set_progress(partition, total);
+        metrics::counter!("ravel_admin_migrated_records_total").increment(records);
+        metrics::counter!("ravel_admin_migrated_bytes_total").increment(bytes);
+        let now = Instant::now();
+        let mut batches = lock(&self.batches);
+        batches.push_back((now, records, bytes));
+        Self::trim(&mut batches, now);
+    }
+
+    fn trim(batches: &mut VecDeque<(Instant, u64, u64)>, now: Instant) {
+        let window = Duration::from_millis(RATE_WINDOW_MS);
+        while batches
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > window)
+        {
+            batches.pop_front();
+        }
+    }
+
+    /// Records and bytes copied per second over the last [`RATE_WINDOW_MS`].
+    pub fn rate(&self) -> MigrationRate {
+        let now = Instant::now();
+        let mut batches = lock(&self.batches);
+        Self::trim(&mut batches, now);
+        let seconds = RATE_WINDOW_MS as f64 / 1e3;
+        let (records, bytes) = batches.iter().fold((0, 0), |(r, b), (_, records, bytes)| {
+            (r + records, b + bytes)
+        });
+        MigrationRate {
+            keys_per_sec: records as f64 / seconds,
+            bytes_per_sec: bytes as f64 / seconds,
+        }
+    }
+
+    fn tail(&self, partition: PartitionId) -> Option<Tail> {
+        lock(&self.tails).get(&partition).copied()
+    }
+
+    fn set_tail(&self, partition: PartitionId, tail: Tail) {
+        lock(&self.tails).insert(partition, tail);
+    }
+
+    fn forget_tail(&self, partition: PartitionId) {
+        lock(&self.tails).remove(&partition);
+    }
+
+    /// Forgets a move's in-memory side once its task ended.
     fn clear_progress(&self, partition: PartitionId) {
         lock(&self.progress).remove(&partition);
+        self.forget_tail(partition);
     }
 }
 
@@ -279,6 +361,69 @@ async fn drive(
     (partition, end)
 }
 
+/// Which cluster of a move a step's call goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Source,
+    Target,
+}
+
+/// What a step does at the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// Nothing: the step only records the move.
+    Nothing,
+    /// One idempotent MIGRATE call on one side's leader.
+    Call(Side, MigrateOp),
+    /// PREPARE_INCOMING at the target, the whole exporting partition, then its change log in
+    /// rounds ([`pre_copy`]).
+    PreCopy,
+    /// The frozen partition's last changes, or the whole partition when this run did not
+    /// pre-copy it ([`final_copy`]).
+    FinalCopy,
+}
+
+/// What the admin persists once a step's action succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    Advance(MoveStep),
+    /// The table names the target (`SwitchOwner`); the move goes on at `Purging`.
+    Switch,
+    /// The move is done (`FinishMove`).
+    Finish,
+    /// The abort is done (`AbortMove`), after a best-effort ABANDON at the target.
+    Abort,
+}
+
+/// The step table (`docs/design.md#the-steps-of-a-move`): each persisted step's action and the
+/// metadata command that follows it.
+fn step_plan(step: MoveStep) -> (Action, Then) {
+    use MoveStep as S;
+    let call = |side, op| Action::Call(side, op);
+    match step {
+        S::Planned => (Action::Nothing, Then::Advance(S::Exporting)),
+        S::Exporting => (
+            call(Side::Source, MigrateOp::Export),
+            Then::Advance(S::Precopying),
+        ),
+        S::Precopying => (Action::PreCopy, Then::Advance(S::Freezing)),
+        S::Freezing => (
+            call(Side::Source, MigrateOp::Freeze),
+            Then::Advance(S::Copying),
+        ),
+        S::Copying => (Action::FinalCopy, Then::Advance(S::Releasing)),
+        S::Releasing => (
+            call(Side::Source, MigrateOp::Release),
+            Then::Advance(S::Activating),
+        ),
+        S::Activating => (call(Side::Target, MigrateOp::Activate), Then::Switch),
+        S::Purging => (call(Side::Source, MigrateOp::Purge), Then::Finish),
+        S::Aborting => (call(Side::Source, MigrateOp::Restore), Then::Abort),
+    }
+}
+
+/// Drives the move of `partition` from its persisted step to its end: each pass takes the
+/// step's action, then persists what follows it.
 async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
     // Set when this task began an abort because the target was down.
     let mut target_down = None;
@@ -287,153 +432,32 @@ async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
         let Some(record) = meta.moves.get(&p).cloned() else {
             return MoveEnd::Gone;
         };
-        let source_exists = meta.clusters.contains_key(&record.source);
-        let target_exists = meta.clusters.contains_key(&record.target);
-        drop(meta);
-        let (s, t) = (record.source, record.target);
-        let result = match record.step {
-            MoveStep::Planned => advance(state, p, MoveStep::Freezing, 0).await,
-            MoveStep::Freezing => {
-                match migrate(
-                    state,
-                    p,
-                    s,
-                    MoveStep::Freezing,
-                    MigrateOp::Freeze,
-                    Vec::new(),
-                    0,
-                    false,
-                )
-                .await
-                {
-                    Ok(_) => advance(state, p, MoveStep::Copying, 0).await,
-                    Err(e) => Err(e),
-                }
-            }
-            MoveStep::Copying => match copy(state, p, &record).await {
-                Ok(copied) => advance(state, p, MoveStep::Releasing, copied).await,
-                Err(e) => Err(e),
-            },
-            MoveStep::Releasing => {
-                match migrate(
-                    state,
-                    p,
-                    s,
-                    MoveStep::Releasing,
-                    MigrateOp::Release,
-                    Vec::new(),
-                    0,
-                    false,
-                )
-                .await
-                {
-                    Ok(_) => advance(state, p, MoveStep::Activating, record.keys_copied).await,
-                    Err(e) => Err(e),
-                }
-            }
-            MoveStep::Activating => {
-                match migrate(
-                    state,
-                    p,
-                    t,
-                    MoveStep::Activating,
-                    MigrateOp::Activate,
-                    Vec::new(),
-                    0,
-                    false,
-                )
-                .await
-                {
-                    Ok(_) => {
-                        execute(
-                            state,
-                            MetaCommand::SwitchOwner {
-                                partition: p,
-                                at_ms: now_ms(),
-                            },
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            MoveStep::Purging => {
-                let purged = if source_exists {
-                    migrate(
-                        state,
-                        p,
-                        s,
-                        MoveStep::Purging,
-                        MigrateOp::Purge,
-                        Vec::new(),
-                        0,
-                        false,
-                    )
-                    .await
-                    .map(|_| ())
-                } else {
-                    Ok(())
-                };
-                match purged {
-                    Ok(()) => {
-                        match execute(state, MetaCommand::FinishMove { partition: p }).await {
-                            Ok(()) => {
-                                report_end(p, &record, "finished");
-                                return MoveEnd::Finished;
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            MoveStep::Aborting => {
-                let restored = if source_exists {
-                    match migrate(
-                        state,
-                        p,
-                        s,
-                        MoveStep::Aborting,
-                        MigrateOp::Restore,
-                        Vec::new(),
-                        0,
-                        false,
-                    )
-                    .await
-                    {
-                        // Refused: the source holds the partition in no restorable state (it
-                        // was never frozen), so there is nothing to restore.
-                        Err(StepFail::Refused(why)) => {
-                            tracing::warn!(
-                                partition = p,
-                                source = s,
-                                why,
-                                "RESTORE refused; nothing to restore"
-                            );
-                            Ok(())
-                        }
-                        other => other.map(|_| ()),
-                    }
-                } else {
-                    Ok(())
-                };
-                match restored {
-                    Ok(()) => {
-                        if target_exists {
-                            abandon_once(state, p, t).await;
-                        }
-                        match execute(state, MetaCommand::AbortMove { partition: p }).await {
-                            Ok(()) => {
-                                report_end(p, &record, "aborted");
-                                return MoveEnd::Aborted { target_down };
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+        let exists = |side| {
+            meta.clusters.contains_key(&match side {
+                Side::Source => record.source,
+                Side::Target => record.target,
+            })
         };
+        let (source_exists, target_exists) = (exists(Side::Source), exists(Side::Target));
+        drop(meta);
+        let result = take_step(state, p, &record, source_exists, target_exists).await;
+        let result = match result {
+            Ok(Some(end)) => {
+                let outcome = if end == MoveEnd::Finished {
+                    "finished"
+                } else {
+                    "aborted"
+                };
+                report_end(p, &record, outcome);
+                return match end {
+                    MoveEnd::Aborted { .. } => MoveEnd::Aborted { target_down },
+                    end => end,
+                };
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let (s, t) = (record.source, record.target);
         match result {
             Ok(()) => {}
             Err(StepFail::Changed) => {
@@ -471,6 +495,75 @@ async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
                 );
                 tokio::time::sleep(Duration::from_millis(REFUSED_RETRY_MS)).await;
             }
+        }
+    }
+}
+
+/// Takes the action of `record`'s step and persists what follows it; `Some` when the move
+/// ended.
+async fn take_step(
+    state: &AdminState,
+    p: PartitionId,
+    record: &MoveRecord,
+    source_exists: bool,
+    target_exists: bool,
+) -> Result<Option<MoveEnd>, StepFail> {
+    let step = record.step;
+    let (action, then) = step_plan(step);
+    let mut copied = record.keys_copied;
+    match action {
+        Action::Nothing => {}
+        Action::Call(side, op) => {
+            let (cluster, exists) = match side {
+                Side::Source => (record.source, source_exists),
+                Side::Target => (record.target, target_exists),
+            };
+            // A step that only cleans up has nothing to do on a cluster that is gone (any other
+            // step on a missing cluster is answered `Changed` by the call).
+            let cleanup = matches!(step, MoveStep::Purging | MoveStep::Aborting);
+            if exists || !cleanup {
+                let abortable = side == Side::Target && !step.past_activate();
+                match migrate(state, p, cluster, step, op, Vec::new(), 0, abortable).await {
+                    // Refused: the source holds the partition in no restorable state (it was
+                    // never exported or frozen), so there is nothing to restore.
+                    Err(StepFail::Refused(why)) if step == MoveStep::Aborting => {
+                        tracing::warn!(
+                            partition = p,
+                            source = cluster,
+                            why,
+                            "RESTORE refused; nothing to restore"
+                        );
+                    }
+                    other => {
+                        other?;
+                    }
+                }
+            }
+        }
+        Action::PreCopy => copied = pre_copy(state, p, record).await?,
+        Action::FinalCopy => copied = final_copy(state, p, record).await?,
+    }
+    match then {
+        Then::Advance(next) => advance(state, p, next, copied).await.map(|()| None),
+        Then::Switch => execute(
+            state,
+            MetaCommand::SwitchOwner {
+                partition: p,
+                at_ms: now_ms(),
+            },
+        )
+        .await
+        .map(|()| None),
+        Then::Finish => execute(state, MetaCommand::FinishMove { partition: p })
+            .await
+            .map(|()| Some(MoveEnd::Finished)),
+        Then::Abort => {
+            if target_exists {
+                abandon_once(state, p, record.target).await;
+            }
+            execute(state, MetaCommand::AbortMove { partition: p })
+                .await
+                .map(|()| Some(MoveEnd::Aborted { target_down: None }))
         }
     }
 }
@@ -653,26 +746,84 @@ async fn abandon_once(state: &AdminState, p: PartitionId, cluster: ClusterId) {
     }
 }
 
-/// PREPARE_INCOMING at the target, then the whole partition from the source in batches.
-/// Returns the number of records copied.
-async fn copy(state: &AdminState, p: PartitionId, record: &MoveRecord) -> Result<u64, StepFail> {
-    let (s, t) = (record.source, record.target);
-    migrate(
-        state,
-        p,
-        t,
-        MoveStep::Copying,
-        MigrateOp::PrepareIncoming,
-        Vec::new(),
-        0,
-        true,
-    )
-    .await?;
+/// The pre-copy, while the source still serves the (exporting) partition: PREPARE_INCOMING at
+/// the target, the whole partition in key order, then rounds over its change log while each
+/// round copies fewer changes than the one before, at most [`PRECOPY_MAX_ROUNDS`], until one
+/// copies at most [`PRECOPY_SETTLED_CHANGES`]. Remembers where the change log was copied to
+/// for [`final_copy`]. Returns the records copied.
+async fn pre_copy(
+    state: &AdminState,
+    p: PartitionId,
+    record: &MoveRecord,
+) -> Result<u64, StepFail> {
+    let step = MoveStep::Precopying;
+    state.mover.forget_tail(p);
+    prepare_target(state, p, record, step).await?;
+    let mut copied = copy_records(state, p, record, step).await?;
+    let mut tail = Tail::default();
+    let mut previous_round = u64::MAX;
+    for round in 1..=PRECOPY_MAX_ROUNDS {
+        let changes = copy_changes(state, p, record, step, &mut tail, copied).await?;
+        copied += changes;
+        tracing::debug!(partition = p, round, changes, "pre-copy round");
+        if changes <= PRECOPY_SETTLED_CHANGES || changes >= previous_round {
+            break;
+        }
+        previous_round = changes;
+    }
+    state.mover.set_tail(p, tail);
+    Ok(copied)
+}
+
+/// The copy while the source is frozen: the change log after where [`pre_copy`] left it or,
+/// when this run did not pre-copy the partition (a move resumed after an admin restart, or
+/// persisted by an older version), PREPARE_INCOMING and the whole partition. Returns the
+/// records copied by the whole move.
+async fn final_copy(
+    state: &AdminState,
+    p: PartitionId,
+    record: &MoveRecord,
+) -> Result<u64, StepFail> {
+    let step = MoveStep::Copying;
+    match state.mover.tail(p) {
+        Some(mut tail) => {
+            let changes =
+                copy_changes(state, p, record, step, &mut tail, record.keys_copied).await?;
+            state.mover.set_tail(p, tail);
+            Ok(record.keys_copied + changes)
+        }
+        None => {
+            prepare_target(state, p, record, step).await?;
+            copy_records(state, p, record, step).await
+        }
+    }
+}
+
+async fn prepare_target(
+    state: &AdminState,
+    p: PartitionId,
+    record: &MoveRecord,
+    step: MoveStep,
+) -> Result<(), StepFail> {
+    let op = MigrateOp::PrepareIncoming;
+    migrate(state, p, record.target, step, op, Vec::new(), 0, true).await?;
     state.mover.set_progress(p, 0);
+    Ok(())
+}
+
+/// The whole partition from the source in key order, INGESTed at the target in batches.
+/// Returns the number of records copied.
+async fn copy_records(
+    state: &AdminState,
+    p: PartitionId,
+    record: &MoveRecord,
+    step: MoveStep,
+) -> Result<u64, StepFail> {
+    let (s, t) = (record.source, record.target);
     let mut after: Option<Vec<u8>> = None;
     let mut copied: u64 = 0;
     loop {
-        let batch = scan(state, p, s, after.clone()).await?;
+        let batch = scan(state, p, s, step, ScanFrom::Key(after.clone())).await?;
         if !batch.done && batch.records.is_empty() {
             return Err(StepFail::Refused(format!(
                 "cluster {s} answered an empty scan batch that is not the last"
@@ -683,26 +834,72 @@ async fn copy(state: &AdminState, p: PartitionId, record: &MoveRecord) -> Result
         }
         for chunk in ingest_chunks(batch.records) {
             let n = chunk.len() as u64;
-            migrate(
-                state,
-                p,
-                t,
-                MoveStep::Copying,
-                MigrateOp::Ingest,
-                chunk,
-                batch.version_floor,
-                true,
-            )
-            .await?;
+            let bytes = record_bytes(&chunk);
+            let op = MigrateOp::Ingest;
+            migrate(state, p, t, step, op, chunk, batch.version_floor, true).await?;
             copied += n;
-            state.mover.set_progress(p, copied);
+            state.mover.copied(p, copied, n, bytes);
         }
         if batch.done {
             return Ok(copied);
         }
         // Keep the persisted count roughly current for a partition that takes many batches.
-        advance(state, p, MoveStep::Copying, copied).await?;
+        advance(state, p, step, copied).await?;
     }
+}
+
+/// Copies the source's change log after `tail` to the target (INGEST_CHANGES in batches) up to
+/// the log's end as of the last batch read, and moves `tail` on. `copied_before` is the move's
+/// count so far, for the progress shown. Returns the changes copied.
+async fn copy_changes(
+    state: &AdminState,
+    p: PartitionId,
+    record: &MoveRecord,
+    step: MoveStep,
+    tail: &mut Tail,
+    copied_before: u64,
+) -> Result<u64, StepFail> {
+    let (s, t) = (record.source, record.target);
+    let mut copied = 0;
+    loop {
+        let batch = scan(state, p, s, step, ScanFrom::Version(tail.after)).await?;
+        if !batch.done && batch.records.is_empty() {
+            return Err(StepFail::Refused(format!(
+                "cluster {s} answered an empty change batch that is not the last"
+            )));
+        }
+        // Nothing new and no newer version counter: the target already has all of it.
+        if !batch.records.is_empty() || batch.version_floor > tail.floor {
+            for chunk in ingest_chunks(batch.records) {
+                let n = chunk.len() as u64;
+                let bytes = record_bytes(&chunk);
+                let op = MigrateOp::IngestChanges;
+                migrate(state, p, t, step, op, chunk, batch.version_floor, true).await?;
+                copied += n;
+                state.mover.copied(p, copied_before + copied, n, bytes);
+            }
+            tail.floor = batch.version_floor;
+        }
+        tail.after = tail.after.max(batch.last_version);
+        if batch.done {
+            return Ok(copied);
+        }
+    }
+}
+
+/// Bytes of keys and values in `records` (for the migration rate).
+fn record_bytes(records: &[MigrateRecord]) -> u64 {
+    records
+        .iter()
+        .map(|r| (r.key.len() + r.value.len()) as u64)
+        .sum()
+}
+
+/// Where a scan starts: after a key (records in key order; `None` = from the start) or after a
+/// change-log version.
+enum ScanFrom {
+    Key(Option<Vec<u8>>),
+    Version(u64),
 }
 
 /// One ScanPartition batch from the source's leader.
@@ -710,16 +907,29 @@ async fn scan(
     state: &AdminState,
     p: PartitionId,
     cluster: ClusterId,
-    after: Option<Vec<u8>>,
+    step: MoveStep,
+    from: ScanFrom,
 ) -> Result<ScanPartitionReply, StepFail> {
-    call_with_retry(state, p, cluster, MoveStep::Copying, false, |mut client| {
-        let request = ScanPartitionRequest {
+    let request = match from {
+        ScanFrom::Key(after) => ScanPartitionRequest {
             cluster_id: cluster,
             partition: p,
             from_start: after.is_none(),
-            after_key: after.clone().unwrap_or_default(),
+            after_key: after.unwrap_or_default(),
             limit: INGEST_MAX_RECORDS as u32,
-        };
+            ..ScanPartitionRequest::default()
+        },
+        ScanFrom::Version(after_version) => ScanPartitionRequest {
+            cluster_id: cluster,
+            partition: p,
+            limit: INGEST_MAX_RECORDS as u32,
+            changes: true,
+            after_version,
+            ..ScanPartitionRequest::default()
+        },
+    };
+    call_with_retry(state, p, cluster, step, false, |mut client| {
+        let request = request.clone();
         async move {
             let mut reply = client
                 .scan_partition(control_request(request, limits::CONTROL_RPC_TIMEOUT_MS))
@@ -768,12 +978,36 @@ mod tests {
     use std::sync::Arc;
     use tonic::{Request, Response, Status};
 
+    /// A fake partition's records: key → (version, value).
+    type FakeRecords = BTreeMap<Vec<u8>, (u64, Vec<u8>)>;
+
     /// One partition as a fake cluster holds it.
     #[derive(Clone, Debug, Default)]
     struct FakePartition {
         state: i32,
-        records: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
+        records: FakeRecords,
         floor: u64,
+        /// The change log while exporting: version → key.
+        changes: BTreeMap<u64, Vec<u8>>,
+        /// The records when RELEASE was applied (before a PURGE empties them).
+        at_release: Option<FakeRecords>,
+    }
+
+    impl FakePartition {
+        /// A client write while exporting: a put of a new key, and a delete of the first key
+        /// still there; both logged.
+        fn client_writes(&mut self) {
+            self.floor += 1;
+            let key = format!("w{:05}", self.floor).into_bytes();
+            self.records
+                .insert(key.clone(), (self.floor, b"2".to_vec()));
+            self.changes.insert(self.floor, key);
+            if let Some(first) = self.records.keys().next().cloned() {
+                self.floor += 1;
+                self.records.remove(&first);
+                self.changes.insert(self.floor, first);
+            }
+        }
     }
 
     /// A one-replica cluster (always the leader) that applies migration steps with the node
@@ -786,6 +1020,8 @@ mod tests {
         ops: Mutex<Vec<String>>,
         /// Answer OUTCOME_UNKNOWN (without applying) to this many Migrate calls first.
         flaky: Mutex<u32>,
+        /// Client writes applied at each scan of an exporting partition.
+        churn: Mutex<u32>,
     }
 
     fn wrong_owner(why: &str) -> Option<NodeError> {
@@ -854,7 +1090,20 @@ mod tests {
             let mut error = None;
             let mut applied = 0;
             match (op, state) {
-                (MigrateOp::Freeze, V::Serving | V::Frozen) => part.state = V::Frozen as i32,
+                (MigrateOp::Export, V::Serving) => {
+                    part.state = V::Exporting as i32;
+                    part.changes.clear();
+                }
+                (MigrateOp::Export, V::Exporting) => {}
+                (MigrateOp::Freeze, V::Serving | V::Exporting | V::Frozen) => {
+                    if state == V::Exporting {
+                        // Writes that came in after the last pre-copy round, before the freeze.
+                        for _ in 0..*lock(&self.churn) {
+                            part.client_writes();
+                        }
+                    }
+                    part.state = V::Frozen as i32;
+                }
                 (MigrateOp::PrepareIncoming, V::Absent | V::Incoming | V::Released) => {
                     *part = FakePartition {
                         state: V::Incoming as i32,
@@ -868,11 +1117,31 @@ mod tests {
                     }
                     part.floor = part.floor.max(req.version_floor);
                 }
-                (MigrateOp::Release, V::Frozen | V::Released) => part.state = V::Released as i32,
+                (MigrateOp::IngestChanges, V::Incoming) => {
+                    for rec in req.records {
+                        let here = part.records.get(&rec.key).map_or(0, |(v, _)| *v);
+                        if rec.version > here {
+                            if rec.deleted {
+                                part.records.remove(&rec.key);
+                            } else {
+                                part.records.insert(rec.key, (rec.version, rec.value));
+                            }
+                            applied += 1;
+                        }
+                    }
+                    part.floor = part.floor.max(req.version_floor);
+                }
+                (MigrateOp::Release, V::Frozen | V::Released) => {
+                    if state == V::Frozen {
+                        part.at_release = Some(part.records.clone());
+                    }
+                    part.state = V::Released as i32;
+                }
                 (MigrateOp::Activate, V::Incoming | V::Serving) => part.state = V::Serving as i32,
                 (MigrateOp::Purge, V::Released) => part.records.clear(),
-                (MigrateOp::Restore, V::Frozen | V::Released | V::Serving) => {
+                (MigrateOp::Restore, V::Exporting | V::Frozen | V::Released | V::Serving) => {
                     part.state = V::Serving as i32;
+                    part.changes.clear();
                 }
                 (MigrateOp::Abandon, V::Incoming | V::Absent) => {
                     *part = FakePartition::default();
@@ -894,13 +1163,52 @@ mod tests {
             &self,
             r: Request<ScanPartitionRequest>,
         ) -> Result<Response<ScanPartitionReply>, Status> {
+            use PartitionStateView as V;
             let req = r.into_inner();
-            let parts = lock(&self.partitions);
-            let part = parts.get(&req.partition).cloned().unwrap_or_default();
-            if part.state != PartitionStateView::Frozen as i32 {
+            let mut parts = lock(&self.partitions);
+            let part = parts.entry(req.partition).or_default();
+            let state = V::try_from(part.state).unwrap_or(V::Absent);
+            if state == V::Exporting {
+                for _ in 0..*lock(&self.churn) {
+                    part.client_writes();
+                }
+            }
+            let part = part.clone();
+            if !matches!(state, V::Exporting | V::Frozen) {
                 return Ok(Response::new(ScanPartitionReply {
-                    error: wrong_owner("not frozen"),
+                    error: wrong_owner("neither exporting nor frozen"),
                     ..ScanPartitionReply::default()
+                }));
+            }
+            if req.changes {
+                let mut records: Vec<MigrateRecord> = Vec::new();
+                let mut last_version = req.after_version;
+                for (v, key) in part.changes.range(req.after_version + 1..) {
+                    if records.len() >= req.limit as usize {
+                        break;
+                    }
+                    last_version = *v;
+                    records.push(match part.records.get(key) {
+                        Some((version, value)) => MigrateRecord {
+                            key: key.clone(),
+                            version: *version,
+                            value: value.clone(),
+                            deleted: false,
+                        },
+                        None => MigrateRecord {
+                            key: key.clone(),
+                            version: *v,
+                            value: Vec::new(),
+                            deleted: true,
+                        },
+                    });
+                }
+                return Ok(Response::new(ScanPartitionReply {
+                    records,
+                    done: part.changes.range(last_version + 1..).next().is_none(),
+                    version_floor: part.floor,
+                    last_version,
+                    error: None,
                 }));
             }
             let mut records: Vec<MigrateRecord> = part
@@ -911,6 +1219,7 @@ mod tests {
                     key: k.clone(),
                     version: *v,
                     value: val.clone(),
+                    deleted: false,
                 })
                 .collect();
             let done = records.len() <= req.limit as usize;
@@ -919,6 +1228,7 @@ mod tests {
                 records,
                 done,
                 version_floor: part.floor,
+                last_version: 0,
                 error: None,
             }))
         }
@@ -1048,8 +1358,12 @@ mod tests {
         let src = lock(&s.source.partitions)[&3].clone();
         assert_eq!(src.state, PartitionStateView::Released as i32);
         assert!(src.records.is_empty(), "the source's copy is purged");
-        assert_eq!(ops(&s.source), ["Freeze p3", "Release p3", "Purge p3"]);
-        // 1200 records: three INGEST batches of at most 512.
+        assert_eq!(
+            ops(&s.source),
+            ["Export p3", "Freeze p3", "Release p3", "Purge p3"]
+        );
+        // 1200 records: three INGEST batches of at most 512, then one (empty) change batch
+        // carrying the version counter; the freeze finds nothing newer to copy.
         assert_eq!(
             ops(&s.target),
             [
@@ -1057,10 +1371,81 @@ mod tests {
                 "Ingest p3",
                 "Ingest p3",
                 "Ingest p3",
+                "IngestChanges p3",
                 "Activate p3"
             ]
         );
         s.stop.cancel();
+    }
+
+    /// Writes and deletes that clients make while the partition is pre-copied reach the target
+    /// through the change log — in the rounds while the source serves, and in the last one
+    /// after the freeze — so that at RELEASE the target holds exactly the source's records.
+    #[tokio::test]
+    async fn pre_copy_carries_writes_made_during_the_copy() {
+        let s = setup(1200).await;
+        *lock(&s.source.churn) = 3;
+        start(&s).await;
+        assert_eq!(drive_steps(&s.state, 3).await, MoveEnd::Finished);
+        let src = lock(&s.source.partitions)[&3].clone();
+        let at_release = src.at_release.expect("the source was released");
+        let t = lock(&s.target.partitions)[&3].clone();
+        assert_eq!(t.records, at_release, "the target has the source's records");
+        assert!(
+            at_release.keys().any(|k| k.starts_with(b"w")),
+            "clients wrote during the copy"
+        );
+        assert!(
+            !at_release.contains_key(b"k00000".as_slice()),
+            "clients deleted during the copy"
+        );
+        assert_eq!(t.floor, src.floor);
+        let changes = ops(&s.target)
+            .iter()
+            .filter(|o| o.starts_with("IngestChanges"))
+            .count();
+        assert!(changes >= 2, "rounds of changes: {:?}", ops(&s.target));
+        s.stop.cancel();
+    }
+
+    /// The step table and the metadata agree: each step's action is followed by the step that
+    /// `MoveStep::next` allows, and only the source or the target is called, never both.
+    #[test]
+    fn step_table_follows_the_move_order() {
+        let mut step = MoveStep::Planned;
+        let mut seen = vec![step];
+        while let (_, Then::Advance(next)) = step_plan(step) {
+            assert_eq!(step.next(), Some(next), "after {step:?}");
+            step = next;
+            seen.push(step);
+        }
+        assert_eq!(step, MoveStep::Activating);
+        assert_eq!(step_plan(step).1, Then::Switch);
+        assert_eq!(step_plan(MoveStep::Purging).1, Then::Finish);
+        assert_eq!(step_plan(MoveStep::Aborting).1, Then::Abort);
+        assert_eq!(
+            seen,
+            [
+                MoveStep::Planned,
+                MoveStep::Exporting,
+                MoveStep::Precopying,
+                MoveStep::Freezing,
+                MoveStep::Copying,
+                MoveStep::Releasing,
+                MoveStep::Activating
+            ]
+        );
+        // Writes stop at FREEZE: every step before it leaves the source serving.
+        let before_freeze: Vec<_> = seen
+            .iter()
+            .take_while(|s| **s != MoveStep::Freezing)
+            .collect();
+        for step in before_freeze {
+            assert_ne!(
+                step_plan(*step).0,
+                Action::Call(Side::Source, MigrateOp::Freeze)
+            );
+        }
     }
 
     /// A move resumed from each persisted step (as after an admin crash right after persisting
@@ -1069,6 +1454,8 @@ mod tests {
     async fn resumes_from_every_persisted_step() {
         let order = [
             MoveStep::Planned,
+            MoveStep::Exporting,
+            MoveStep::Precopying,
             MoveStep::Freezing,
             MoveStep::Copying,
             MoveStep::Releasing,
@@ -1095,14 +1482,15 @@ mod tests {
                 // The action of the step before the next one was taken too.
                 let previous = order[order.iter().position(|x| *x == step).unwrap() - 1];
                 match previous {
+                    MoveStep::Exporting => {
+                        lock(&s.source.partitions).get_mut(&3).unwrap().state =
+                            PartitionStateView::Exporting as i32;
+                    }
                     MoveStep::Freezing => {
-                        migrate(&s.state, 3, 1, step, MigrateOp::Freeze, vec![], 0, false)
-                            .await
-                            .ok();
                         lock(&s.source.partitions).get_mut(&3).unwrap().state =
                             PartitionStateView::Frozen as i32;
                     }
-                    MoveStep::Copying => {
+                    MoveStep::Precopying | MoveStep::Copying => {
                         let mut parts = lock(&s.target.partitions);
                         let src = lock(&s.source.partitions)[&3].clone();
                         parts.insert(
@@ -1184,7 +1572,8 @@ mod tests {
             lock(&s.source.partitions)[&3].state,
             PartitionStateView::Serving as i32
         );
-        assert_eq!(ops(&s.source), ["Freeze p3", "Restore p3"]);
+        // The target fails at PREPARE_INCOMING, before the source ever stopped taking writes.
+        assert_eq!(ops(&s.source), ["Export p3", "Restore p3"]);
         s.stop.cancel();
     }
 
@@ -1227,13 +1616,13 @@ mod tests {
         // Time for several mover passes: none may start a move to the down target.
         tokio::time::sleep(Duration::from_millis(3 * MOVER_INTERVAL_MS / 2)).await;
         assert!(s.state.meta.current().moves.is_empty());
-        let freezes = ops(&s.source)
+        let exports = ops(&s.source)
             .iter()
-            .filter(|o| o.starts_with("Freeze"))
+            .filter(|o| o.starts_with("Export"))
             .count();
         assert_eq!(
-            freezes, 1,
-            "one partition frozen, then the target backed off"
+            exports, 1,
+            "one partition exported, then the target backed off"
         );
         s.stop.cancel();
         task.await.unwrap();
@@ -1289,6 +1678,7 @@ mod tests {
             key: vec![b'k'],
             version: 1,
             value: vec![0; n],
+            deleted: false,
         };
         assert_eq!(ingest_chunks(vec![]).len(), 1);
         let sizes: Vec<usize> = ingest_chunks((0..1100).map(|_| rec(1)).collect())

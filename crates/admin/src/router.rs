@@ -15,8 +15,9 @@
 //! 5. The node answers with a version, or with a `NodeError` whose kind decides what happens:
 //!    - `NOT_LEADER`: nothing was proposed. Cache the hinted leader (or forget L) and retry there.
 //!    - `UNAVAILABLE`, `WRONG_CLUSTER`: refused before proposal; try the next replica.
-//!    - `WRONG_OWNER`: the partition is moving or the table is stale. Re-read the table, back off
-//!      and retry for at most [`WRONG_OWNER_WAIT_MS`], then 503 `partition_moving`.
+//!    - `WRONG_OWNER`: the partition is moving or the table is stale. Hold the request until the
+//!      table changes (the move's switch) or the backoff ends, re-read the table and retry, for
+//!      at most [`WRONG_OWNER_WAIT_MS`], then 503 `partition_moving`.
 //!    - `CAS_MISMATCH`: a deterministic answer, 412 with the current version.
 //!    - `OUTCOME_UNKNOWN`: the write was proposed; 504 `outcome_unknown`. Never retried, because a
 //!      retry of a non-idempotent write could apply it twice.
@@ -235,6 +236,7 @@ impl Router {
         loop {
             // Re-read the table every round: a migration may have moved the partition.
             let meta = state.meta.current();
+            let routed_epoch = meta.table.epoch;
             let partition = partition_of(op.key(), meta.partitions);
             let cluster = meta.table.owner(partition).ok_or(RouteError::NoCluster)?;
             let replicas: Vec<(NodeId, String)> = meta
@@ -361,10 +363,19 @@ impl Router {
                     RouteError::NoLeader
                 });
             }
-            // A leader report ends the wait early: the cluster has just elected.
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = state.pool.leader_news() => {}
+            if moving {
+                // Held until the table changes (the move switched the partition: go to the new
+                // owner at once) or the backoff ends (a stale table: look again).
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = state.meta.table_changed_from(routed_epoch) => {}
+                }
+            } else {
+                // A leader report ends the wait early: the cluster has just elected.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = state.pool.leader_news() => {}
+                }
             }
             backoff = (backoff * 2).min(Duration::from_millis(BACKOFF_MAX_MS));
         }

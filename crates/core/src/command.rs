@@ -74,6 +74,9 @@ pub enum PartitionState {
     Incoming = 3,
     /// Moved away: not served, data kept until PURGE. A tombstone: Assign never revives it.
     Released = 4,
+    /// Served exactly like `Serving` while a copy is taken (pre-copy), and every put and
+    /// delete is also logged under the version it consumed, so that the copy can catch up.
+    Exporting = 5,
 }
 
 impl PartitionState {
@@ -91,6 +94,7 @@ impl PartitionState {
             2 => Some(Self::Frozen),
             3 => Some(Self::Incoming),
             4 => Some(Self::Released),
+            5 => Some(Self::Exporting),
             _ => None,
         }
     }
@@ -98,13 +102,20 @@ impl PartitionState {
     /// Whether client reads of the partition are answered in this state.
     #[must_use]
     pub fn readable(self) -> bool {
-        matches!(self, Self::Serving | Self::Frozen)
+        matches!(self, Self::Serving | Self::Frozen | Self::Exporting)
+    }
+
+    /// Whether the partition may be copied to a new owner from this state (a full scan or its
+    /// change log): while it is exported, or frozen.
+    #[must_use]
+    pub fn copyable(self) -> bool {
+        matches!(self, Self::Exporting | Self::Frozen)
     }
 
     /// Whether client writes of the partition are applied in this state.
     #[must_use]
     pub fn writable(self) -> bool {
-        self == Self::Serving
+        matches!(self, Self::Serving | Self::Exporting)
     }
 
     /// A lower-case name for messages and logs; `None` (absent) is "absent".
@@ -116,6 +127,7 @@ impl PartitionState {
             Some(Self::Frozen) => "frozen",
             Some(Self::Incoming) => "incoming",
             Some(Self::Released) => "released",
+            Some(Self::Exporting) => "exporting",
         }
     }
 }
@@ -129,13 +141,24 @@ pub struct MigratedRecord {
     pub value: Vec<u8>,
 }
 
+/// One change read from a source's change log: the key's record as it was when read, or its
+/// deletion (`value: None`) by the change with `version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedRecord {
+    pub key: Vec<u8>,
+    pub version: u64,
+    /// Exact JSON text; `None` if the key was deleted.
+    pub value: Option<Vec<u8>>,
+}
+
 /// One step of a partition move. Each is idempotent: repeated in the state it leads to, it
 /// succeeds and changes nothing (PREPARE_INCOMING and INGEST excepted as documented).
 ///
 /// Variants are encoded by their position (postcard): append new ones, never reorder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigrationStep {
-    /// Source: `Serving → Frozen`. Writes are refused from this entry on; reads still served.
+    /// Source: `Serving | Exporting → Frozen`. Writes are refused from this entry on; reads
+    /// still served.
     Freeze,
     /// Target: absent, `Incoming` or `Released` → `Incoming`, deleting any data left under the
     /// partition first (so a retried or earlier aborted copy leaves nothing stale behind).
@@ -152,10 +175,21 @@ pub enum MigrationStep {
     Activate,
     /// Source, requires `Released`: deletes the partition's data; the state stays `Released`.
     Purge,
-    /// Source, aborting a move whose target never got `Activate`: `Frozen | Released → Serving`.
+    /// Source, aborting a move whose target never got `Activate`:
+    /// `Exporting | Frozen | Released → Serving`, dropping the change log.
     Restore,
     /// Target, aborting: `Incoming → absent`, deleting the partition's data.
     Abandon,
+    /// Source, before the pre-copy: `Serving → Exporting`. From this entry on every put and
+    /// delete of the partition is logged by version until the partition is released or restored.
+    Export,
+    /// Target, requires `Incoming`: applies each change whose version is above the key's version
+    /// here (a put stores the record, a deletion removes the key), and raises the version
+    /// counter to at least `version_floor` and every change's version.
+    IngestChanges {
+        records: Vec<ChangedRecord>,
+        version_floor: u64,
+    },
 }
 
 impl MigrationStep {
@@ -171,6 +205,8 @@ impl MigrationStep {
             Self::Purge => "purge",
             Self::Restore => "restore",
             Self::Abandon => "abandon",
+            Self::Export => "export",
+            Self::IngestChanges { .. } => "ingest_changes",
         }
     }
 }

@@ -160,7 +160,7 @@ impl DataService {
             .map_err(|refused| match refused {
                 ReadRefused::WrongOwner { epoch } => NodeError::WrongOwner { epoch },
                 // Only a partition scan asks for a frozen partition; a get never sees this.
-                refused @ ReadRefused::NotFrozen { .. } => {
+                refused @ ReadRefused::NotCopyable { .. } => {
                     NodeError::Unavailable(format!("unexpected read refusal: {refused}"))
                 }
                 ReadRefused::Unavailable { reason } => {

@@ -6,8 +6,10 @@
 //! proposal; a refusal the state machine recorded, sent as WRONG_OWNER with its reason) and
 //! OUTCOME_UNKNOWN (a timeout or error after the proposal) is the same as for client writes; the
 //! admin may simply repeat a step whose outcome is unknown, since every step is idempotent.
-//! `ScanPartition` reads one bounded batch of a frozen partition after a linearizable read
-//! barrier, so that the batch includes every write the cluster acknowledged before the freeze.
+//! `ScanPartition` reads one bounded batch of an exporting or frozen partition — its records in
+//! key order, or its change log in version order — after a linearizable read barrier, so that
+//! the batch includes every write the cluster acknowledged before it (for a frozen partition:
+//! every write there will ever be).
 //!
 //! This module must not decide what moves where, nor retry: the admin drives every move.
 
@@ -15,8 +17,8 @@ use std::time::Instant;
 
 use ravel_core::PartitionId;
 use ravel_core::command::{
-    Command, CommandResult, MAX_MIGRATE_BATCH_BYTES, MAX_MIGRATE_BATCH_RECORDS, MigratedRecord,
-    MigrationStep, PartitionState,
+    ChangedRecord, Command, CommandResult, MAX_MIGRATE_BATCH_BYTES, MAX_MIGRATE_BATCH_RECORDS,
+    MigratedRecord, MigrationStep, PartitionState,
 };
 use ravel_core::limits::{MAX_KEY_BYTES, MAX_PARTITIONS, MAX_VALUE_BYTES};
 use ravel_proto::v1::{
@@ -52,6 +54,7 @@ pub fn state_view(state: Option<PartitionState>) -> PartitionStateView {
         Some(PartitionState::Frozen) => PartitionStateView::Frozen,
         Some(PartitionState::Incoming) => PartitionStateView::Incoming,
         Some(PartitionState::Released) => PartitionStateView::Released,
+        Some(PartitionState::Exporting) => PartitionStateView::Exporting,
     }
 }
 
@@ -104,7 +107,7 @@ async fn propose_step(replica: &Replica, req: MigrateRequest) -> Result<Migrated
             records_applied,
             partition_keys,
         } => {
-            if name == "ingest" {
+            if name.starts_with("ingest") {
                 tracing::debug!(
                     partition,
                     records_applied,
@@ -145,11 +148,17 @@ fn step_of(
 ) -> Result<MigrationStep, NodeError> {
     let op = MigrateOp::try_from(op)
         .map_err(|_| NodeError::Invalid(format!("unknown migration op {op}")))?;
-    if op != MigrateOp::Ingest && !records.is_empty() {
+    let carries_records = matches!(op, MigrateOp::Ingest | MigrateOp::IngestChanges);
+    if !carries_records && !records.is_empty() {
         return Err(NodeError::Invalid(format!(
-            "only INGEST carries records, not {}",
+            "only INGEST and INGEST_CHANGES carry records, not {}",
             op.as_str_name()
         )));
+    }
+    if op == MigrateOp::Ingest && records.iter().any(|r| r.deleted) {
+        return Err(NodeError::Invalid(
+            "INGEST carries no deletions (INGEST_CHANGES does)".into(),
+        ));
     }
     Ok(match op {
         MigrateOp::Unspecified => {
@@ -158,7 +167,10 @@ fn step_of(
         MigrateOp::Freeze => MigrationStep::Freeze,
         MigrateOp::PrepareIncoming => MigrationStep::PrepareIncoming,
         MigrateOp::Ingest => MigrationStep::Ingest {
-            records: check_records(records)?,
+            records: check_records(records)?
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect(),
             version_floor,
         },
         MigrateOp::Release => MigrationStep::Release,
@@ -166,12 +178,25 @@ fn step_of(
         MigrateOp::Purge => MigrationStep::Purge,
         MigrateOp::Restore => MigrationStep::Restore,
         MigrateOp::Abandon => MigrationStep::Abandon,
+        MigrateOp::Export => MigrationStep::Export,
+        MigrateOp::IngestChanges => MigrationStep::IngestChanges {
+            records: check_records(records)?
+                .into_iter()
+                .map(|(r, deleted)| ChangedRecord {
+                    key: r.key,
+                    version: r.version,
+                    value: (!deleted).then_some(r.value),
+                })
+                .collect(),
+            version_floor,
+        },
     })
 }
 
-/// Bounds an INGEST batch (count, total bytes, each key and value) and refuses records that
-/// could not have come from a store: an empty key or version 0.
-fn check_records(records: Vec<MigrateRecord>) -> Result<Vec<MigratedRecord>, NodeError> {
+/// Bounds an INGEST or INGEST_CHANGES batch (count, total bytes, each key and value) and
+/// refuses records that could not have come from a store: an empty key, version 0, or a
+/// deletion with a value. Each record comes back with its `deleted` flag.
+fn check_records(records: Vec<MigrateRecord>) -> Result<Vec<(MigratedRecord, bool)>, NodeError> {
     if records.len() > INGEST_MAX_RECORDS {
         return Err(NodeError::Invalid(format!(
             "an ingest carries at most {INGEST_MAX_RECORDS} records, not {}",
@@ -203,11 +228,19 @@ fn check_records(records: Vec<MigrateRecord>) -> Result<Vec<MigratedRecord>, Nod
                     "an ingested record needs a version above 0".into(),
                 ));
             }
-            Ok(MigratedRecord {
-                key: r.key,
-                version: r.version,
-                value: r.value,
-            })
+            if r.deleted && !r.value.is_empty() {
+                return Err(NodeError::Invalid(
+                    "an ingested deletion carries no value".into(),
+                ));
+            }
+            Ok((
+                MigratedRecord {
+                    key: r.key,
+                    version: r.version,
+                    value: r.value,
+                },
+                r.deleted,
+            ))
         })
         .collect()
 }
@@ -247,23 +280,38 @@ async fn scan(
         Ok(0) | Err(_) => SCAN_BATCH_MAX_RECORDS,
         Ok(n) => n.min(SCAN_BATCH_MAX_RECORDS),
     };
+    if req.changes {
+        let scan = replica
+            .reader
+            .scan_changes(
+                req.partition,
+                req.after_version,
+                limit,
+                SCAN_BATCH_MAX_BYTES,
+            )
+            .map_err(scan_refused)?;
+        return Ok(ScanPartitionReply {
+            records: scan
+                .records
+                .into_iter()
+                .map(|r| MigrateRecord {
+                    key: r.key,
+                    version: r.version,
+                    deleted: r.value.is_none(),
+                    value: r.value.unwrap_or_default(),
+                })
+                .collect(),
+            done: scan.done,
+            version_floor: scan.version_floor,
+            last_version: scan.last_version,
+            error: None,
+        });
+    }
     let after = (!req.from_start).then_some(req.after_key.as_slice());
     let scan = replica
         .reader
         .scan_partition(req.partition, after, limit, SCAN_BATCH_MAX_BYTES)
-        .map_err(|refused| match refused {
-            ReadRefused::NotFrozen { state } => NodeError::MigrationRefused {
-                state,
-                reason: format!(
-                    "only a frozen partition can be scanned; it is {} here",
-                    PartitionState::name(state)
-                ),
-            },
-            ReadRefused::WrongOwner { epoch } => NodeError::WrongOwner { epoch },
-            ReadRefused::Unavailable { reason } => {
-                NodeError::Unavailable(format!("the state machine could not be read: {reason}"))
-            }
-        })?;
+        .map_err(scan_refused)?;
     Ok(ScanPartitionReply {
         records: scan
             .records
@@ -272,12 +320,30 @@ async fn scan(
                 key: r.key,
                 version: r.version,
                 value: r.value,
+                deleted: false,
             })
             .collect(),
         done: scan.done,
         version_floor: scan.version_floor,
+        last_version: 0,
         error: None,
     })
+}
+
+fn scan_refused(refused: ReadRefused) -> NodeError {
+    match refused {
+        ReadRefused::NotCopyable { state } => NodeError::MigrationRefused {
+            state,
+            reason: format!(
+                "only an exporting or frozen partition can be scanned; it is {} here",
+                PartitionState::name(state)
+            ),
+        },
+        ReadRefused::WrongOwner { epoch } => NodeError::WrongOwner { epoch },
+        ReadRefused::Unavailable { reason } => {
+            NodeError::Unavailable(format!("the state machine could not be read: {reason}"))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +355,7 @@ mod tests {
             key: key.to_vec(),
             version,
             value: vec![b'1'; value_bytes],
+            deleted: false,
         }
     }
 

@@ -141,6 +141,7 @@ impl Node {
                 after_key: after.unwrap_or_default().to_vec(),
                 from_start: after.is_none(),
                 limit: 0,
+                ..ScanPartitionRequest::default()
             })
             .await
             .unwrap()

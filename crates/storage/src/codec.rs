@@ -10,6 +10,7 @@
 //! | `b's'`, partition u32 BE | tag, `PartitionState` byte |
 //! | `b'v'`, partition u32 BE | tag, max version ever issued in the partition, u64 BE |
 //! | `b'c'`, partition u32 BE | tag, number of keys stored under the partition, u64 BE (absent = 0) |
+//! | `b'x'`, partition u32 BE, version u64 BE | tag, key bytes: the change log of an exporting partition |
 //! | `b'm'`, name | tag, postcard value |
 //!
 //! One partition's data is therefore one prefix scan (`data_prefix(p)`), which migration needs.
@@ -32,6 +33,7 @@ const DATA_PREFIX: u8 = b'd';
 const STATE_PREFIX: u8 = b's';
 const COUNTER_PREFIX: u8 = b'v';
 const KEY_COUNT_PREFIX: u8 = b'c';
+const CHANGE_PREFIX: u8 = b'x';
 
 /// Reserved metadata keys of the `sm` tree.
 pub(crate) const META_LAST_APPLIED: &[u8] = b"m/last_applied";
@@ -64,7 +66,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     postcard::from_bytes(body).map_err(|e| StorageError::corrupt(what, e))
 }
 
-fn strip_tag<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a [u8], StorageError> {
+pub(crate) fn strip_tag<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a [u8], StorageError> {
     match bytes.split_first() {
         Some((&FORMAT_V1, body)) => Ok(body),
         Some((tag, _)) => Err(StorageError::corrupt(
@@ -169,6 +171,44 @@ pub(crate) fn all_key_counts_prefix() -> [u8; 1] {
 /// The partition a key-count key names.
 pub(crate) fn key_count_partition(raw: &[u8]) -> Result<PartitionId, StorageError> {
     split_partition_key(KEY_COUNT_PREFIX, raw, "partition key count key")
+}
+
+/// The sled key of the change-log entry of `partition` with `version`.
+pub(crate) fn change_key(partition: PartitionId, version: u64) -> [u8; 13] {
+    let mut out = [0u8; 13];
+    out[..5].copy_from_slice(&partition_key(CHANGE_PREFIX, partition));
+    out[5..].copy_from_slice(&version.to_be_bytes());
+    out
+}
+
+/// The prefix of all change-log keys.
+pub(crate) fn all_changes_prefix() -> [u8; 1] {
+    [CHANGE_PREFIX]
+}
+
+/// Splits a change-log key into (partition, version).
+pub(crate) fn split_change_key(raw: &[u8]) -> Result<(PartitionId, u64), StorageError> {
+    let partition = split_partition_key(CHANGE_PREFIX, raw, "change log key")?;
+    match split_u64(&raw[5..]) {
+        Some((version, [])) => Ok((partition, version)),
+        _ => Err(StorageError::corrupt(
+            "change log key",
+            format!("malformed key {raw:?}"),
+        )),
+    }
+}
+
+/// Encodes a change-log entry's value: tag, the user key that changed.
+pub(crate) fn encode_change(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(FORMAT_V1);
+    out.extend_from_slice(key);
+    out
+}
+
+/// Decodes a change-log entry's value.
+pub(crate) fn decode_change(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
+    Ok(strip_tag("change log entry", bytes)?.to_vec())
 }
 
 /// Encodes a stored record: tag, version u64 BE, the exact JSON text.
@@ -283,6 +323,11 @@ mod tests {
         assert_eq!(counter_partition(&counter_key(9)).unwrap(), 9);
         assert_eq!(key_count_partition(&key_count_key(11)).unwrap(), 11);
         assert!(key_count_partition(&counter_key(11)).is_err());
+        assert_eq!(split_change_key(&change_key(5, 77)).unwrap(), (5, 77));
+        assert!(change_key(5, 77) < change_key(5, 78));
+        assert!(change_key(5, u64::MAX) < change_key(6, 0));
+        assert!(split_change_key(&counter_key(5)).is_err());
+        assert_eq!(decode_change(&encode_change(b"k1")).unwrap(), b"k1");
     }
 
     /// Old log keys (big-endian indexes) read back as their index; other lengths are refused.

@@ -34,7 +34,9 @@ pub use log_store::LogStore;
 pub use metrics::describe_metrics;
 pub use snapshot::SnapshotBuilder;
 pub use state_machine::{SmReader, StateMachine};
-pub use types::{PartitionScan, PartitionState, Raft, RavelNode, ReadRefused, TypeConfig};
+pub use types::{
+    ChangeScan, PartitionScan, PartitionState, Raft, RavelNode, ReadRefused, TypeConfig,
+};
 pub use wal::{
     DEFAULT_CACHED_LOG_BYTES, DEFAULT_SEGMENT_BYTES, MAX_PENDING_SYNCS, WAL_DIR, WalOptions,
     WalSync,

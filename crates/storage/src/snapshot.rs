@@ -9,7 +9,10 @@
 //!
 //! Image format: the format tag, then postcard of [`SnapshotImage`] (last_applied, membership,
 //! assignment epoch, partition states — `Released` included — version counters and every data
-//! record with its version; per-partition key counts are recounted from the records). Field and variant order are part of the format: append, never reorder.
+//! record with its version; per-partition key counts are recounted from the records), followed
+//! — only when some partition is exporting — by postcard of the change logs, so that an image
+//! without change logs is byte for byte what earlier versions wrote. Field and variant order are
+//! part of the format: append, never reorder.
 //! This module must not decide when snapshots are taken; openraft does.
 
 use crate::codec::{
@@ -45,6 +48,9 @@ pub(crate) struct SnapshotImage {
     states: Vec<(PartitionId, PartitionState)>,
     counters: Vec<(PartitionId, u64)>,
     records: Vec<SnapshotRecord>,
+    /// (partition, version, key) of every change-log entry; encoded after the rest.
+    #[serde(skip)]
+    change_log: Vec<(PartitionId, u64, Vec<u8>)>,
 }
 
 impl SnapshotImage {
@@ -56,7 +62,22 @@ impl SnapshotImage {
             states: cache.states.iter().map(|(p, s)| (*p, *s)).collect(),
             counters: cache.counters.iter().map(|(p, c)| (*p, *c)).collect(),
             records,
+            change_log: cache
+                .change_logs
+                .iter()
+                .flat_map(|(p, log)| log.iter().map(|(v, k)| (*p, *v, k.clone())))
+                .collect(),
         }
+    }
+
+    /// The stored form: the image, then its change logs if there are any.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        let mut bytes = codec::encode(self)?;
+        if !self.change_log.is_empty() {
+            bytes = postcard::to_extend(&self.change_log, bytes)
+                .map_err(|e| StorageError::corrupt("snapshot", e))?;
+        }
+        Ok(bytes)
     }
 
     #[cfg(test)]
@@ -70,7 +91,14 @@ impl SnapshotImage {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
-        codec::decode("snapshot", bytes)
+        let body = codec::strip_tag("snapshot", bytes)?;
+        let (mut image, rest): (Self, _) =
+            postcard::take_from_bytes(body).map_err(|e| StorageError::corrupt("snapshot", e))?;
+        if !rest.is_empty() {
+            image.change_log =
+                postcard::from_bytes(rest).map_err(|e| StorageError::corrupt("snapshot", e))?;
+        }
+        Ok(image)
     }
 
     /// Refuses an image whose position differs from the metadata it arrived with.
@@ -101,7 +129,15 @@ impl SnapshotImage {
             counters: self.counters.into_iter().collect(),
             partition_keys: BTreeMap::new(),
             key_count: self.records.len() as u64,
+            change_logs: BTreeMap::new(),
         };
+        for (p, version, key) in self.change_log {
+            batch.insert(
+                &codec::change_key(p, version)[..],
+                codec::encode_change(&key),
+            );
+            cache.change_logs.entry(p).or_default().insert(version, key);
+        }
         for r in &self.records {
             *cache.partition_keys.entry(r.partition).or_default() += 1;
         }
@@ -152,7 +188,7 @@ impl SnapshotBuilder {
         // The scan and the encoding are slow for a big state machine: off the async threads.
         let (image, data) = tokio::task::spawn_blocking(move || {
             let image = source.into_image()?;
-            let data = codec::encode(&image)?;
+            let data = image.encode()?;
             Ok::<_, StorageError>((image, data))
         })
         .await

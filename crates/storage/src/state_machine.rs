@@ -31,6 +31,11 @@
 //!   assignment can never revive a partition at the owner it moved away from. Deleting a
 //!   partition's data (PURGE, PREPARE_INCOMING, ABANDON) is one prefix scan turned into
 //!   removals in the same batch.
+//! - **The change log of an exporting partition** (pre-copy, `docs/design.md#pre-copy`): while
+//!   a partition is `Exporting`, every put and delete also records `(version → key)` in its
+//!   change log, in the same batch as the data, so that a copy taken while the partition is
+//!   served can catch up by version. The log lives in the cache and in the tree, is part of
+//!   snapshots, and is dropped when the partition is released, restored or purged.
 //! - **Per-partition key counts** are kept in the cache and on disk next to the data, so the
 //!   keys of one partition are known without a scan.
 //!
@@ -40,13 +45,15 @@ use crate::codec::{self, META_EPOCH, META_KEY_COUNT, META_LAST_APPLIED, META_MEM
 use crate::error::{IntoRaft, Op, RaftStorageError, StorageError};
 use crate::flusher::Flusher;
 use crate::snapshot::{self, SnapshotBuilder, SnapshotImage};
-use crate::types::{PartitionScan, PartitionState, RavelNode, ReadRefused, TypeConfig};
+use crate::types::{ChangeScan, PartitionScan, PartitionState, RavelNode, ReadRefused, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StoredMembership,
 };
 use ravel_core::PartitionId;
-use ravel_core::command::{Command, CommandResult, MigratedRecord, MigrationStep, Record};
+use ravel_core::command::{
+    ChangedRecord, Command, CommandResult, MigratedRecord, MigrationStep, Record,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::ops::Bound;
@@ -137,6 +144,8 @@ pub(crate) struct SmCache {
     pub(crate) partition_keys: BTreeMap<PartitionId, u64>,
     /// Keys stored in all partitions (the sum of `partition_keys`).
     pub(crate) key_count: u64,
+    /// The change log of each exporting (or frozen after exporting) partition: version → key.
+    pub(crate) change_logs: BTreeMap<PartitionId, BTreeMap<u64, Vec<u8>>>,
 }
 
 /// State shared by the state machine, its snapshot builders and readers.
@@ -260,9 +269,17 @@ impl SmShared {
         let frozen = FrozenTree {
             shared: Arc::clone(shared),
         };
+        let data_prefix = codec::all_data_prefix();
+        let changes = unwritten
+            .changes
+            .data
+            .range(data_prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(&data_prefix))
+            .map(|(key, change)| (key.clone(), change.clone()))
+            .collect();
         Ok(SnapshotSource {
             cache: cache.clone(),
-            changes: unwritten.changes.data.clone(),
+            changes,
             frozen,
         })
     }
@@ -338,6 +355,15 @@ fn load_cache(tree: &sled::Tree) -> Result<SmCache, StorageError> {
             .partition_keys
             .insert(codec::key_count_partition(&k)?, codec::decode_counter(&v)?);
     }
+    for item in tree.scan_prefix(codec::all_changes_prefix()) {
+        let (k, v) = item?;
+        let (partition, version) = codec::split_change_key(&k)?;
+        cache
+            .change_logs
+            .entry(partition)
+            .or_default()
+            .insert(version, codec::decode_change(&v)?);
+    }
     if cache.partition_keys.values().sum::<u64>() != cache.key_count {
         rebuild_key_counts(tree, &mut cache)?;
     }
@@ -369,11 +395,21 @@ fn rebuild_key_counts(tree: &sled::Tree, cache: &mut SmCache) -> Result<(), Stor
     Ok(())
 }
 
+/// What one `apply()` call did to a partition's change log.
+#[derive(Default)]
+struct ChangeLogEdit {
+    /// The log was dropped first (what `added` holds came after).
+    cleared: bool,
+    added: BTreeMap<u64, Vec<u8>>,
+}
+
 /// Changes made by one `apply()` call, not yet written.
 #[derive(Default)]
 struct Pending {
-    /// Raw data key → new encoded record, or `None` for a removal.
+    /// Raw key → new encoded value, or `None` for a removal: data records and change-log
+    /// entries (the cache's `change_logs` is updated from `change_logs` below).
     data: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    change_logs: BTreeMap<PartitionId, ChangeLogEdit>,
     /// Changed partition states; `None` makes the partition absent.
     states: BTreeMap<PartitionId, Option<PartitionState>>,
     counters: BTreeMap<PartitionId, u64>,
@@ -437,6 +473,15 @@ impl Pending {
             };
         }
         cache.counters.extend(&self.counters);
+        for (p, edit) in &self.change_logs {
+            if edit.cleared {
+                cache.change_logs.remove(p);
+            }
+            if !edit.added.is_empty() {
+                let log = cache.change_logs.entry(*p).or_default();
+                log.extend(edit.added.iter().map(|(v, k)| (*v, k.clone())));
+            }
+        }
         for (p, keys) in &self.partition_keys {
             if *keys == 0 {
                 cache.partition_keys.remove(p);
@@ -461,6 +506,17 @@ impl Pending {
     /// Lays `later` (the changes of a later apply) over these.
     fn merge(&mut self, later: Pending) {
         self.data.extend(later.data);
+        for (p, edit) in later.change_logs {
+            if edit.cleared {
+                self.change_logs.insert(p, edit);
+            } else {
+                self.change_logs
+                    .entry(p)
+                    .or_default()
+                    .added
+                    .extend(edit.added);
+            }
+        }
         self.states.extend(later.states);
         self.counters.extend(later.counters);
         self.partition_keys.extend(later.partition_keys);
@@ -472,6 +528,7 @@ impl Pending {
 
     fn is_empty(&self) -> bool {
         self.data.is_empty()
+            && self.change_logs.is_empty()
             && self.states.is_empty()
             && self.counters.is_empty()
             && self.partition_keys.is_empty()
@@ -600,6 +657,7 @@ impl Apply<'_> {
         if current == 0 {
             self.add_keys(partition, 1);
         }
+        self.log_change(partition, version, key);
         let record = codec::encode_record(&Record { version, value });
         self.pending.data.insert(data_key, Some(record));
         Ok(CommandResult::Written { version })
@@ -625,7 +683,8 @@ impl Apply<'_> {
             return Ok(CommandResult::Deleted { deleted: false });
         }
         // A delete consumes a version too, so a later re-create is newer than the deletion.
-        self.next_version(partition);
+        let version = self.next_version(partition);
+        self.log_change(partition, version, key);
         self.remove_keys(partition, 1);
         self.pending.data.insert(data_key, None);
         Ok(CommandResult::Deleted { deleted: true })
@@ -666,11 +725,17 @@ impl Apply<'_> {
         partition: PartitionId,
         step: MigrationStep,
     ) -> Result<CommandResult, StorageError> {
-        use PartitionState::{Frozen, Incoming, Released, Serving};
+        use PartitionState::{Exporting, Frozen, Incoming, Released, Serving};
         let before = self.state(partition);
         let mut records_applied = 0;
         match (&step, before) {
-            (MigrationStep::Freeze, Some(Serving)) => self.set_state(partition, Some(Frozen)),
+            (MigrationStep::Export, Some(Serving)) => {
+                self.clear_change_log(partition);
+                self.set_state(partition, Some(Exporting));
+            }
+            (MigrationStep::Freeze, Some(Serving | Exporting)) => {
+                self.set_state(partition, Some(Frozen));
+            }
             (MigrationStep::PrepareIncoming, None | Some(Incoming | Released)) => {
                 self.wipe(partition)?;
                 self.set_state(partition, Some(Incoming));
@@ -689,10 +754,30 @@ impl Apply<'_> {
                 }
                 records_applied = records.len() as u64;
             }
-            (MigrationStep::Release, Some(Frozen)) => self.set_state(partition, Some(Released)),
+            (MigrationStep::IngestChanges { records, .. }, Some(Incoming)) => {
+                if let Some(bad) = records.iter().find(|r| r.version == 0 || r.key.is_empty()) {
+                    return Ok(self.refuse(
+                        partition,
+                        format!(
+                            "a changed record needs a key and a version above 0 (key {:?}, \
+                             version {})",
+                            String::from_utf8_lossy(&bad.key),
+                            bad.version
+                        ),
+                    ));
+                }
+            }
+            (MigrationStep::Release, Some(Frozen)) => {
+                self.clear_change_log(partition);
+                self.set_state(partition, Some(Released));
+            }
             (MigrationStep::Activate, Some(Incoming)) => self.set_state(partition, Some(Serving)),
-            (MigrationStep::Purge, Some(Released)) => self.wipe(partition)?,
-            (MigrationStep::Restore, Some(Frozen | Released)) => {
+            (MigrationStep::Purge, Some(Released)) => {
+                self.clear_change_log(partition);
+                self.wipe(partition)?;
+            }
+            (MigrationStep::Restore, Some(Exporting | Frozen | Released)) => {
+                self.clear_change_log(partition);
                 self.set_state(partition, Some(Serving));
             }
             (MigrationStep::Abandon, Some(Incoming)) => {
@@ -701,6 +786,7 @@ impl Apply<'_> {
             }
             // Already in the state the step leads to: idempotent success, nothing changes.
             (MigrationStep::Freeze, Some(Frozen))
+            | (MigrationStep::Export, Some(Exporting))
             | (MigrationStep::Release, Some(Released))
             | (MigrationStep::Activate | MigrationStep::Restore, Some(Serving))
             | (MigrationStep::Abandon, None) => {}
@@ -713,12 +799,16 @@ impl Apply<'_> {
                 return Ok(self.refuse(partition, reason));
             }
         }
-        if let MigrationStep::Ingest {
-            records,
-            version_floor,
-        } = step
-        {
-            self.ingest(partition, records, version_floor)?;
+        match step {
+            MigrationStep::Ingest {
+                records,
+                version_floor,
+            } => self.ingest(partition, records, version_floor)?,
+            MigrationStep::IngestChanges {
+                records,
+                version_floor,
+            } => records_applied = self.ingest_changes(partition, records, version_floor)?,
+            _ => {}
         }
         Ok(CommandResult::Migrated {
             state: self.state(partition),
@@ -762,6 +852,97 @@ impl Apply<'_> {
             self.pending.counters.insert(partition, floor);
         }
         Ok(())
+    }
+
+    /// Applies changes read from a source's change log where they are newer than what is here
+    /// (a deletion removes the key); returns how many took effect. Raises the version counter
+    /// like [`Self::ingest`].
+    fn ingest_changes(
+        &mut self,
+        partition: PartitionId,
+        records: Vec<ChangedRecord>,
+        version_floor: u64,
+    ) -> Result<u64, StorageError> {
+        let mut floor = version_floor;
+        let mut applied = 0;
+        for r in records {
+            floor = floor.max(r.version);
+            let data_key = codec::data_key(partition, &r.key);
+            let current = self.version_of(&data_key)?;
+            if r.version <= current {
+                continue;
+            }
+            match r.value {
+                Some(value) => {
+                    if current == 0 {
+                        self.add_keys(partition, 1);
+                    }
+                    let record = Record {
+                        version: r.version,
+                        value,
+                    };
+                    self.pending
+                        .data
+                        .insert(data_key, Some(codec::encode_record(&record)));
+                }
+                None if current == 0 => continue,
+                None => {
+                    self.remove_keys(partition, 1);
+                    self.pending.data.insert(data_key, None);
+                }
+            }
+            applied += 1;
+        }
+        if floor > self.counter(partition) {
+            self.pending.counters.insert(partition, floor);
+        }
+        Ok(applied)
+    }
+
+    /// Records `(version → key)` in the partition's change log if it is exporting.
+    fn log_change(&mut self, partition: PartitionId, version: u64, key: &[u8]) {
+        if self.state(partition) != Some(PartitionState::Exporting) {
+            return;
+        }
+        self.pending.data.insert(
+            codec::change_key(partition, version).to_vec(),
+            Some(codec::encode_change(key)),
+        );
+        self.pending
+            .change_logs
+            .entry(partition)
+            .or_default()
+            .added
+            .insert(version, key.to_vec());
+    }
+
+    /// Drops the partition's change log: the entries applied before this call and those added
+    /// earlier in it.
+    fn clear_change_log(&mut self, partition: PartitionId) {
+        let mut versions: Vec<u64> = self
+            .cache
+            .change_logs
+            .get(&partition)
+            .map(|log| log.keys().copied().collect())
+            .unwrap_or_default();
+        if let Some(edit) = self.pending.change_logs.get(&partition) {
+            versions.extend(edit.added.keys());
+        }
+        if versions.is_empty() && !self.pending.change_logs.contains_key(&partition) {
+            return;
+        }
+        for v in versions {
+            self.pending
+                .data
+                .insert(codec::change_key(partition, v).to_vec(), None);
+        }
+        self.pending.change_logs.insert(
+            partition,
+            ChangeLogEdit {
+                cleared: true,
+                added: BTreeMap::new(),
+            },
+        );
     }
 
     /// Deletes every record of `partition`: those stored and those written earlier in this same
@@ -993,10 +1174,11 @@ impl SmReader {
             .map_err(unavailable)
     }
 
-    /// One batch of a `Frozen` partition's records in key order, starting after `after` (from
-    /// the start when `None`): at most `limit_records` records and, past the first record, at
-    /// most `limit_bytes` of keys and values. Refused with `NotFrozen` in any other state,
-    /// because only a frozen partition's records are final and may be copied to a new owner.
+    /// One batch of an `Exporting` or `Frozen` partition's records in key order, starting after
+    /// `after` (from the start when `None`): at most `limit_records` records and, past the first
+    /// record, at most `limit_bytes` of keys and values. Refused with `NotCopyable` in any other
+    /// state. Only a frozen partition's records are final; an exporting partition's change log
+    /// names every key written since it began exporting, so a copy of it can catch up.
     pub fn scan_partition(
         &self,
         partition: PartitionId,
@@ -1009,8 +1191,8 @@ impl SmReader {
         self.shared.write_behind().map_err(unavailable)?;
         let cache = self.shared.read_cache().map_err(unavailable)?;
         let state = cache.states.get(&partition).copied();
-        if state != Some(PartitionState::Frozen) {
-            return Err(ReadRefused::NotFrozen { state });
+        if !state.is_some_and(PartitionState::copyable) {
+            return Err(ReadRefused::NotCopyable { state });
         }
         let prefix = codec::data_prefix(partition);
         let start = match after {
@@ -1053,6 +1235,86 @@ impl SmReader {
         Ok(scan)
     }
 
+    /// One batch of an `Exporting` or `Frozen` partition's change log: the keys changed by the
+    /// versions above `after_version`, in version order, each once, with its current record (or
+    /// as deleted, with the version of its latest change in the batch); at most `limit_records` and,
+    /// past the first, `limit_bytes` of keys and values. `last_version` is the last change
+    /// covered; `done` when the log has nothing after it. A frozen partition that never exported
+    /// has an empty log.
+    pub fn scan_changes(
+        &self,
+        partition: PartitionId,
+        after_version: u64,
+        limit_records: usize,
+        limit_bytes: usize,
+    ) -> Result<ChangeScan, ReadRefused> {
+        // Holding the read lock keeps the log, the records and the counter at one point.
+        let cache = self.shared.read_cache().map_err(unavailable)?;
+        let state = cache.states.get(&partition).copied();
+        if !state.is_some_and(PartitionState::copyable) {
+            return Err(ReadRefused::NotCopyable { state });
+        }
+        let unwritten = self.shared.read_unwritten().map_err(unavailable)?;
+        let mut scan = ChangeScan {
+            version_floor: cache.counters.get(&partition).copied().unwrap_or(0),
+            last_version: after_version,
+            done: true,
+            ..ChangeScan::default()
+        };
+        let Some(log) = cache.change_logs.get(&partition) else {
+            return Ok(scan);
+        };
+        // Index in `scan.records` of each key already in the batch.
+        let mut seen: BTreeMap<&[u8], usize> = BTreeMap::new();
+        let mut bytes = 0usize;
+        for (version, key) in log.range(after_version.saturating_add(1)..) {
+            if let Some(&i) = seen.get(key.as_slice()) {
+                // A deletion is carried with the version of the key's latest change covered,
+                // which is newer than any copy of the key the target may hold.
+                scan.last_version = *version;
+                let record = &mut scan.records[i];
+                if record.value.is_none() {
+                    record.version = *version;
+                }
+                continue;
+            }
+            if scan.records.len() >= limit_records.max(1)
+                || (!scan.records.is_empty() && bytes >= limit_bytes)
+            {
+                scan.done = false;
+                break;
+            }
+            scan.last_version = *version;
+            seen.insert(key.as_slice(), scan.records.len());
+            let data_key = codec::data_key(partition, key);
+            let record = match unwritten.data(&data_key) {
+                Some(change) => change.map(codec::decode_record).transpose(),
+                None => self
+                    .shared
+                    .tree
+                    .get(&data_key)
+                    .map_err(StorageError::from)
+                    .and_then(|stored| stored.map(|b| codec::decode_record(&b)).transpose()),
+            }
+            .map_err(unavailable)?;
+            let changed = match record {
+                Some(record) => ChangedRecord {
+                    key: key.clone(),
+                    version: record.version,
+                    value: Some(record.value),
+                },
+                None => ChangedRecord {
+                    key: key.clone(),
+                    version: *version,
+                    value: None,
+                },
+            };
+            bytes += changed.key.len() + changed.value.as_ref().map_or(0, Vec::len);
+            scan.records.push(changed);
+        }
+        Ok(scan)
+    }
+
     /// The partition's state here (`None` = absent).
     pub fn partition_state(&self, partition: PartitionId) -> Option<PartitionState> {
         self.shared
@@ -1074,11 +1336,7 @@ impl SmReader {
     pub fn assignment(&self) -> (u64, u32) {
         match self.shared.read_cache() {
             Ok(cache) => {
-                let serving = cache
-                    .states
-                    .values()
-                    .filter(|s| **s == PartitionState::Serving)
-                    .count();
+                let serving = cache.states.values().filter(|s| s.writable()).count();
                 (cache.epoch, u32::try_from(serving).unwrap_or(u32::MAX))
             }
             Err(_) => (0, 0),

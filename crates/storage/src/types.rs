@@ -2,7 +2,7 @@
 //!
 //! This module only declares types; it must not do I/O.
 
-use ravel_core::command::{Command, CommandResult, MigratedRecord};
+use ravel_core::command::{ChangedRecord, Command, CommandResult, MigratedRecord};
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
@@ -44,16 +44,32 @@ pub struct PartitionScan {
     pub version_floor: u64,
 }
 
+/// One batch of a partition's change log, read by [`crate::SmReader::scan_changes`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeScan {
+    /// Each changed key once, in the order of its first change in the batch.
+    pub records: Vec<ChangedRecord>,
+    /// The last change-log version this batch covers.
+    pub last_version: u64,
+    /// Nothing in the log follows `last_version`.
+    pub done: bool,
+    /// The partition's version counter: the largest version ever issued in it.
+    pub version_floor: u64,
+}
+
 /// Why a read outside openraft was not answered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadRefused {
     /// This cluster does not serve the partition, as of assignment `epoch`.
     #[error("partition not served here (assignment epoch {epoch})")]
     WrongOwner { epoch: u64 },
-    /// A partition scan was asked of a partition that is not `Frozen` here (only a frozen
-    /// partition's records are final, so only they may be copied).
-    #[error("partition is {} here, not frozen", PartitionState::name(*state))]
-    NotFrozen { state: Option<PartitionState> },
+    /// A partition scan was asked of a partition that is neither `Exporting` nor `Frozen` here
+    /// (only those may be copied to a new owner).
+    #[error(
+        "partition is {} here, neither exporting nor frozen",
+        PartitionState::name(*state)
+    )]
+    NotCopyable { state: Option<PartitionState> },
     /// The state machine could not be read (I/O error or corrupt record). Never reported as
     /// "absent": that would hide data.
     #[error("state machine unavailable: {reason}")]
@@ -66,7 +82,7 @@ impl ReadRefused {
     pub fn code(&self) -> &'static str {
         match self {
             Self::WrongOwner { .. } => "wrong_owner",
-            Self::NotFrozen { .. } => "not_frozen",
+            Self::NotCopyable { .. } => "not_copyable",
             Self::Unavailable { .. } => "storage_unavailable",
         }
     }

@@ -9,11 +9,11 @@ use common::phase;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use ravel_core::command::{
-    Command, CommandResult, MigratedRecord, MigrationStep, PartitionState, Record,
+    ChangedRecord, Command, CommandResult, MigratedRecord, MigrationStep, PartitionState, Record,
 };
 use ravel_storage::{ReadRefused, Storage, TypeConfig};
 
-use PartitionState::{Frozen, Incoming, Released, Serving};
+use PartitionState::{Exporting, Frozen, Incoming, Released, Serving};
 
 fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
     Entry {
@@ -553,7 +553,7 @@ fn scan_partition_batches_and_refusals() {
         let reader = sm.storage.reader();
         assert_eq!(
             reader.scan_partition(5, None, 3, 1 << 20),
-            Err(ReadRefused::NotFrozen {
+            Err(ReadRefused::NotCopyable {
                 state: Some(Serving)
             })
         );
@@ -597,13 +597,13 @@ fn scan_partition_batches_and_refusals() {
         sm.step(5, MigrationStep::Release).await;
         assert_eq!(
             reader.scan_partition(5, None, 3, 1 << 20),
-            Err(ReadRefused::NotFrozen {
+            Err(ReadRefused::NotCopyable {
                 state: Some(Released)
             })
         );
         assert_eq!(
             reader.scan_partition(7, None, 3, 1 << 20),
-            Err(ReadRefused::NotFrozen { state: None })
+            Err(ReadRefused::NotCopyable { state: None })
         );
     });
 }
@@ -681,6 +681,378 @@ fn snapshot_and_restart_carry_migration_states() {
                 sm.apply(put(3, "b", "1")).await,
                 CommandResult::Written { version: 34 }
             );
+        }
+    });
+}
+
+fn delete(partition: u32, key: &str) -> Command {
+    Command::Delete {
+        partition,
+        key: key.as_bytes().to_vec(),
+        cas: None,
+    }
+}
+
+fn migrate(partition: u32, step: MigrationStep) -> Command {
+    Command::Migrate { partition, step }
+}
+
+/// A partition's records as (key, version, value), read by a full scan (the partition must be
+/// exporting or frozen).
+fn all_records(sm: &Sm, partition: u32) -> Vec<(Vec<u8>, u64, Vec<u8>)> {
+    let reader = sm.storage.reader();
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let scan = reader
+            .scan_partition(partition, after.as_deref(), 7, 1 << 20)
+            .unwrap();
+        after = scan.records.last().map(|r| r.key.clone());
+        out.extend(
+            scan.records
+                .into_iter()
+                .map(|r| (r.key, r.version, r.value)),
+        );
+        if scan.done {
+            return out;
+        }
+    }
+}
+
+/// Copies every change after `after` from `source` into `target` (INGEST_CHANGES in batches
+/// of `batch`) and returns the last version copied.
+async fn copy_changes(source: &Sm, target: &mut Sm, p: u32, after: u64, batch: usize) -> u64 {
+    let mut after = after;
+    loop {
+        let scan = source
+            .storage
+            .reader()
+            .scan_changes(p, after, batch, 1 << 20)
+            .unwrap();
+        after = scan.last_version;
+        let answer = target
+            .step(
+                p,
+                MigrationStep::IngestChanges {
+                    records: scan.records,
+                    version_floor: scan.version_floor,
+                },
+            )
+            .await;
+        assert!(
+            matches!(answer, CommandResult::Migrated { .. }),
+            "{answer:?}"
+        );
+        if scan.done {
+            return after;
+        }
+    }
+}
+
+/// Pre-copy at the state machine: EXPORT keeps the partition served and logs every put and
+/// delete by version; a full scan taken while writes go on, then the change log read in rounds
+/// (again while writes go on), then FREEZE and the last changes, leave the target with exactly
+/// the source's records — same keys, versions and values, deleted keys gone, a key deleted and
+/// written again present with its newest version — and a version counter as high as the
+/// source's. RELEASE drops the log; a put after ACTIVATE gets a version above every copied one.
+#[test]
+fn pre_copy_catches_up_through_the_change_log() {
+    let (s_dir, t_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    phase(async {
+        let mut source = Sm::open(s_dir.path());
+        let mut target = Sm::open(t_dir.path());
+        let mut load = vec![assign(1, &[3, 4])];
+        for i in 0..40 {
+            load.push(put(3, &format!("k{i:02}"), &i.to_string()));
+            load.push(put(4, &format!("k{i:02}"), "0"));
+        }
+        source.apply_all(load).await;
+        assert_eq!(
+            source.storage.reader().scan_changes(3, 0, 10, 1 << 20),
+            Err(ReadRefused::NotCopyable {
+                state: Some(Serving)
+            })
+        );
+        assert_eq!(
+            source.step(3, MigrationStep::Export).await,
+            migrated(Some(Exporting), 0, 40)
+        );
+        assert_eq!(
+            source.step(3, MigrationStep::Export).await,
+            migrated(Some(Exporting), 0, 40),
+            "EXPORT is idempotent"
+        );
+        target.step(3, MigrationStep::PrepareIncoming).await;
+
+        // Writes, reads and deletes are served while exporting; partition 4 is not logged.
+        let mut x = 7u64;
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut churn = |sm_ops: &mut Vec<Command>, rounds: usize| {
+            for _ in 0..rounds {
+                let key = format!("k{:02}", next(50));
+                if next(4) == 0 {
+                    sm_ops.push(delete(3, &key));
+                } else {
+                    sm_ops.push(put(3, &key, &next(1000).to_string()));
+                }
+                sm_ops.push(put(4, "k00", "1"));
+            }
+        };
+        // The full scan, batch by batch, with writes between the batches.
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let mut ops = Vec::new();
+            churn(&mut ops, 5);
+            for answer in source.apply_all(ops).await {
+                assert!(
+                    matches!(
+                        answer,
+                        CommandResult::Written { .. } | CommandResult::Deleted { .. }
+                    ),
+                    "{answer:?}"
+                );
+            }
+            let scan = source
+                .storage
+                .reader()
+                .scan_partition(3, after.as_deref(), 6, 1 << 20)
+                .unwrap();
+            after = scan.records.last().map(|r| r.key.clone());
+            target
+                .step(3, ingest(scan.records, scan.version_floor))
+                .await;
+            if scan.done {
+                break;
+            }
+        }
+        // Rounds of changes, still with writes between them.
+        let mut copied = 0;
+        for _ in 0..3 {
+            let mut ops = Vec::new();
+            churn(&mut ops, 20);
+            source.apply_all(ops).await;
+            copied = copy_changes(&source, &mut target, 3, copied, 4).await;
+        }
+        let mut ops = Vec::new();
+        churn(&mut ops, 20);
+        source.apply_all(ops).await;
+        // Freeze: writes are refused from here; the last changes complete the copy.
+        assert_eq!(
+            source.step(3, MigrationStep::Freeze).await,
+            migrated(Some(Frozen), 0, source.keys(3))
+        );
+        assert!(matches!(
+            source.apply(put(3, "k01", "1")).await,
+            CommandResult::WrongOwner { .. }
+        ));
+        copy_changes(&source, &mut target, 3, copied, 4).await;
+        let expected = all_records(&source, 3);
+        assert_eq!(target.keys(3), expected.len() as u64);
+        target.step(3, MigrationStep::Activate).await;
+        target.step(3, MigrationStep::Freeze).await;
+        assert_eq!(
+            all_records(&target, 3),
+            expected,
+            "the copy equals the source"
+        );
+        target.step(3, MigrationStep::Restore).await;
+        let floor = source
+            .storage
+            .reader()
+            .scan_changes(3, 0, 1, 1 << 20)
+            .unwrap()
+            .version_floor;
+        assert_eq!(
+            target.apply(put(3, "new", "1")).await,
+            CommandResult::Written { version: floor + 1 }
+        );
+
+        // RELEASE drops the change log (a later move starts a new one).
+        source.step(3, MigrationStep::Release).await;
+        source.step(3, MigrationStep::Restore).await;
+        source.step(3, MigrationStep::Export).await;
+        let scan = source
+            .storage
+            .reader()
+            .scan_changes(3, 0, 100, 1 << 20)
+            .unwrap();
+        assert!(scan.records.is_empty() && scan.done, "{scan:?}");
+    });
+}
+
+/// A change scan names each key once with its current record, a deleted key as deleted with
+/// the version of its deletion, and an INGEST_CHANGES applies only what is newer than the
+/// target's copy: an older put or deletion changes nothing.
+#[test]
+fn change_scans_and_newer_wins_ingest() {
+    let (s_dir, t_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    phase(async {
+        let mut source = Sm::open(s_dir.path());
+        source
+            .apply_all(vec![
+                assign(1, &[1]),
+                put(1, "a", "1"),
+                migrate(1, MigrationStep::Export),
+                put(1, "a", "2"), // v2
+                put(1, "b", "1"), // v3
+                delete(1, "b"),   // v4
+                put(1, "a", "3"), // v5
+                put(1, "c", "1"), // v6
+                delete(1, "c"),   // v7
+                put(1, "c", "2"), // v8
+            ])
+            .await;
+        let scan = source
+            .storage
+            .reader()
+            .scan_changes(1, 0, 100, 1 << 20)
+            .unwrap();
+        let seen: Vec<_> = scan
+            .records
+            .iter()
+            .map(|r| (r.key.as_slice(), r.version, r.value.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (&b"a"[..], 5, Some(&b"3"[..])),
+                (&b"b"[..], 4, None),
+                (&b"c"[..], 8, Some(&b"2"[..])),
+            ]
+        );
+        assert_eq!(
+            (scan.last_version, scan.done, scan.version_floor),
+            (8, true, 8)
+        );
+        // A limit cuts a batch before a new key (later changes of a key in it are merged into
+        // it); resuming after a version skips what it covered.
+        let reader = source.storage.reader();
+        let scan = reader.scan_changes(1, 0, 1, 1 << 20).unwrap();
+        assert_eq!(scan.records.len(), 1);
+        assert_eq!((scan.last_version, scan.done), (2, false));
+        let scan = reader.scan_changes(1, 5, 1, 1 << 20).unwrap();
+        assert_eq!(scan.records.len(), 1);
+        assert_eq!((scan.last_version, scan.done), (8, true));
+
+        let mut target = Sm::open(t_dir.path());
+        target.step(1, MigrationStep::PrepareIncoming).await;
+        target
+            .step(1, ingest(vec![rec("a", 5, "3"), rec("d", 9, "9")], 9))
+            .await;
+        let changed = |key: &str, version: u64, value: Option<&str>| ChangedRecord {
+            key: key.as_bytes().to_vec(),
+            version,
+            value: value.map(|v| v.as_bytes().to_vec()),
+        };
+        let answer = target
+            .step(
+                1,
+                MigrationStep::IngestChanges {
+                    records: vec![
+                        changed("a", 2, Some("2")), // older than the copy: ignored
+                        changed("d", 4, None),      // an older deletion: ignored
+                        changed("e", 3, None),      // deletion of a key not here: nothing
+                        changed("c", 8, Some("2")), // new key
+                        changed("d", 10, None),     // a newer deletion: removes d
+                    ],
+                    version_floor: 10,
+                },
+            )
+            .await;
+        assert_eq!(answer, migrated(Some(Incoming), 2, 2));
+        target.step(1, MigrationStep::Activate).await;
+        let reader = target.storage.reader();
+        assert_eq!(
+            reader.get(1, b"a").unwrap(),
+            Some(Record {
+                version: 5,
+                value: b"3".to_vec()
+            })
+        );
+        assert_eq!(reader.get(1, b"d").unwrap(), None);
+        assert_eq!(reader.get(1, b"c").unwrap().map(|r| r.version), Some(8));
+        assert!(matches!(
+            target
+                .step(
+                    2,
+                    MigrationStep::IngestChanges {
+                        records: vec![],
+                        version_floor: 1
+                    }
+                )
+                .await,
+            CommandResult::MigrationRefused { state: None, .. }
+        ));
+    });
+}
+
+/// The change log of an exporting partition survives a snapshot built at one store and
+/// installed into another (a follower that catches up by snapshot and then leads), and a
+/// restart; a snapshot without change logs still decodes as before.
+#[test]
+fn snapshot_and_restart_carry_the_change_log() {
+    let (s_dir, t_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let expected = vec![(b"a".to_vec(), 3, true), (b"b".to_vec(), 4, false)];
+    let changes_of = |sm: &Sm| -> Vec<(Vec<u8>, u64, bool)> {
+        sm.storage
+            .reader()
+            .scan_changes(1, 0, 100, 1 << 20)
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| (r.key, r.version, r.value.is_some()))
+            .collect()
+    };
+    phase(async {
+        let mut s = Sm::open(s_dir.path());
+        s.apply_all(vec![
+            assign(1, &[1, 2]),
+            put(1, "a", "1"),
+            put(1, "b", "1"),
+            migrate(1, MigrationStep::Export),
+            put(1, "a", "2"),
+            delete(1, "b"),
+        ])
+        .await;
+        assert_eq!(changes_of(&s), expected);
+        let snapshot = s
+            .storage
+            .state_machine()
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let t = Sm::open(t_dir.path());
+        t.storage
+            .state_machine()
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(t.state(1), Some(Exporting));
+        assert_eq!(changes_of(&t), expected);
+    });
+    phase(async {
+        for dir in [s_dir.path(), t_dir.path()] {
+            let mut sm = Sm::open(dir);
+            assert_eq!(changes_of(&sm), expected);
+            sm.apply(put(1, "c", "1")).await;
+            assert_eq!(changes_of(&sm).len(), 3);
+            // RESTORE drops the log, in memory and on disk.
+            sm.step(1, MigrationStep::Restore).await;
+            assert_eq!(sm.state(1), Some(Serving));
+        }
+    });
+    phase(async {
+        for dir in [s_dir.path(), t_dir.path()] {
+            let mut sm = Sm::open(dir);
+            sm.step(1, MigrationStep::Export).await;
+            assert!(changes_of(&sm).is_empty(), "the log was dropped for good");
         }
     });
 }
