@@ -265,11 +265,14 @@ mod tests {
             PartitionState::Frozen,
             PartitionState::Incoming,
             PartitionState::Released,
+            PartitionState::Exporting,
         ] {
             assert_eq!(PartitionState::from_byte(s.to_byte()), Some(s));
         }
         assert_eq!(PartitionState::from_byte(0), None);
-        assert_eq!(PartitionState::from_byte(5), None);
+        assert_eq!(PartitionState::from_byte(6), None);
+        assert!(PartitionState::Exporting.readable() && PartitionState::Exporting.writable());
+        assert!(PartitionState::Exporting.copyable() && !PartitionState::Serving.copyable());
         assert!(PartitionState::Frozen.readable() && !PartitionState::Frozen.writable());
         assert!(!PartitionState::Released.readable() && !PartitionState::Incoming.readable());
     }
