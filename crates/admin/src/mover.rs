@@ -832,14 +832,8 @@ async fn copy_records(
         if let Some(last) = batch.records.last() {
             after = Some(last.key.clone());
         }
-        for chunk in ingest_chunks(batch.records) {
-            let n = chunk.len() as u64;
-            let bytes = record_bytes(&chunk);
-            let op = MigrateOp::Ingest;
-            migrate(state, p, t, step, op, chunk, batch.version_floor, true).await?;
-            copied += n;
-            state.mover.copied(p, copied, n, bytes);
-        }
+        let (op, floor) = (MigrateOp::Ingest, batch.version_floor);
+        copied += ingest(state, p, t, step, op, batch.records, floor, copied).await?;
         if batch.done {
             return Ok(copied);
         }
@@ -870,21 +864,41 @@ async fn copy_changes(
         }
         // Nothing new and no newer version counter: the target already has all of it.
         if !batch.records.is_empty() || batch.version_floor > tail.floor {
-            for chunk in ingest_chunks(batch.records) {
-                let n = chunk.len() as u64;
-                let bytes = record_bytes(&chunk);
-                let op = MigrateOp::IngestChanges;
-                migrate(state, p, t, step, op, chunk, batch.version_floor, true).await?;
-                copied += n;
-                state.mover.copied(p, copied_before + copied, n, bytes);
-            }
-            tail.floor = batch.version_floor;
+            let (op, floor) = (MigrateOp::IngestChanges, batch.version_floor);
+            let total = copied_before + copied;
+            copied += ingest(state, p, t, step, op, batch.records, floor, total).await?;
+            tail.floor = floor;
         }
         tail.after = tail.after.max(batch.last_version);
         if batch.done {
             return Ok(copied);
         }
     }
+}
+
+/// Sends one scan batch's `records` to the target with `op` (INGEST or INGEST_CHANGES) in
+/// bounded chunks, counting them for the progress (`copied_before` of the move so far) and the
+/// rate. Returns the records sent.
+#[allow(clippy::too_many_arguments)]
+async fn ingest(
+    state: &AdminState,
+    p: PartitionId,
+    target: ClusterId,
+    step: MoveStep,
+    op: MigrateOp,
+    records: Vec<MigrateRecord>,
+    version_floor: u64,
+    copied_before: u64,
+) -> Result<u64, StepFail> {
+    let mut sent = 0;
+    for chunk in ingest_chunks(records) {
+        let n = chunk.len() as u64;
+        let bytes = record_bytes(&chunk);
+        migrate(state, p, target, step, op, chunk, version_floor, true).await?;
+        sent += n;
+        state.mover.copied(p, copied_before + sent, n, bytes);
+    }
+    Ok(sent)
 }
 
 /// Bytes of keys and values in `records` (for the migration rate).

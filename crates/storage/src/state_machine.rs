@@ -741,30 +741,16 @@ impl Apply<'_> {
                 self.set_state(partition, Some(Incoming));
             }
             (MigrationStep::Ingest { records, .. }, Some(Incoming)) => {
-                if let Some(bad) = records.iter().find(|r| r.version == 0 || r.key.is_empty()) {
-                    return Ok(self.refuse(
-                        partition,
-                        format!(
-                            "an ingested record needs a key and a version above 0 (key {:?}, \
-                             version {})",
-                            String::from_utf8_lossy(&bad.key),
-                            bad.version
-                        ),
-                    ));
+                let keys = records.iter().map(|r| (r.key.as_slice(), r.version));
+                if let Some(why) = malformed(keys) {
+                    return Ok(self.refuse(partition, why));
                 }
                 records_applied = records.len() as u64;
             }
             (MigrationStep::IngestChanges { records, .. }, Some(Incoming)) => {
-                if let Some(bad) = records.iter().find(|r| r.version == 0 || r.key.is_empty()) {
-                    return Ok(self.refuse(
-                        partition,
-                        format!(
-                            "a changed record needs a key and a version above 0 (key {:?}, \
-                             version {})",
-                            String::from_utf8_lossy(&bad.key),
-                            bad.version
-                        ),
-                    ));
+                let keys = records.iter().map(|r| (r.key.as_slice(), r.version));
+                if let Some(why) = malformed(keys) {
+                    return Ok(self.refuse(partition, why));
                 }
             }
             (MigrationStep::Release, Some(Frozen)) => {
@@ -1059,6 +1045,16 @@ impl Apply<'_> {
             },
         }
     }
+}
+
+/// Why a copied batch cannot have come from a store, if it cannot: a record without a key or
+/// with version 0. Checked before anything of the batch is applied.
+fn malformed<'k>(mut records: impl Iterator<Item = (&'k [u8], u64)>) -> Option<String> {
+    let (key, version) = records.find(|(key, version)| *version == 0 || key.is_empty())?;
+    Some(format!(
+        "a copied record needs a key and a version above 0 (key {:?}, version {version})",
+        String::from_utf8_lossy(key)
+    ))
 }
 
 /// The state machine openraft drives. Cloning gives another handle to the same state.
