@@ -37,7 +37,7 @@ use ravel_proto::v1::{
     ScanPartitionRequest,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -75,6 +75,9 @@ const MOVER_INTERVAL_MS: u64 = 1_000;
 /// Framing bytes counted per record on top of its key and value, for the INGEST byte cap.
 const RECORD_OVERHEAD_BYTES: usize = 16;
 
+/// Keys one PURGE entry deletes at most (about 40 ms of the source's apply on this machine).
+pub const PURGE_BATCH_KEYS: u32 = 2_048;
+
 /// Most rounds over the change log in a pre-copy, after the whole partition was copied.
 pub const PRECOPY_MAX_ROUNDS: usize = 8;
 
@@ -82,8 +85,15 @@ pub const PRECOPY_MAX_ROUNDS: usize = 8;
 /// the freeze is about as small as it gets.
 pub const PRECOPY_SETTLED_CHANGES: u64 = 64;
 
+/// Longest a background batch (pre-copy, purge) waits for another move's write pause to end
+/// before it goes ahead anyway (a pause stuck on an unreachable cluster must not stall them).
+const PAUSE_PRIORITY_MAX_WAIT_MS: u64 = 500;
+
 /// Window over which `/v1/cluster` reports the migration rate.
 pub const RATE_WINDOW_MS: u64 = 10_000;
+
+/// Held by a background batch (pre-copy, purge) while it runs ([`Mover::yield_to_pause`]).
+type BackgroundTurn = tokio::sync::OwnedRwLockReadGuard<()>;
 
 /// How far a move's copy has read the source's change log (kept in memory: a move resumed
 /// after an admin restart copies its partition whole).
@@ -112,6 +122,12 @@ pub struct Mover {
     tails: Mutex<BTreeMap<PartitionId, Tail>>,
     /// (when, records, bytes) of each batch copied within the rate window.
     batches: Mutex<VecDeque<(Instant, u64, u64)>>,
+    /// Held (written) by the one move in its write pause, from the end of its pre-copy to its
+    /// table switch; background batches (pre-copy, purge) take it shared, so they wait while a
+    /// pause is on ([`Mover::yield_to_pause`]).
+    pause_gate: Arc<tokio::sync::RwLock<()>>,
+    /// The move holding `pause_gate`, with its guard.
+    pausing: Mutex<BTreeMap<PartitionId, tokio::sync::OwnedRwLockWriteGuard<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,6 +207,36 @@ impl Mover {
     fn clear_progress(&self, partition: PartitionId) {
         lock(&self.progress).remove(&partition);
         self.forget_tail(partition);
+        self.leave_pause(partition);
+    }
+
+    /// Waits until no other move is in its write pause (at most [`PAUSE_PRIORITY_MAX_WAIT_MS`])
+    /// and returns a turn to hold through one background batch: a move entering its pause waits
+    /// for the batches in flight, and no new one starts during the pause, so that its few Raft
+    /// commits do not queue behind copies and purges at the same clusters. `None` when the wait
+    /// timed out or `partition` itself is pausing.
+    async fn yield_to_pause(&self, partition: PartitionId) -> Option<BackgroundTurn> {
+        if lock(&self.pausing).contains_key(&partition) {
+            return None;
+        }
+        let wait = Duration::from_millis(PAUSE_PRIORITY_MAX_WAIT_MS);
+        let gate = Arc::clone(&self.pause_gate);
+        tokio::time::timeout(wait, gate.read_owned()).await.ok()
+    }
+
+    /// Makes `partition` the one move in its write pause, waiting for the one before it and for
+    /// background batches in flight.
+    async fn enter_pause(&self, partition: PartitionId) {
+        if lock(&self.pausing).contains_key(&partition) {
+            return;
+        }
+        let guard = Arc::clone(&self.pause_gate).write_owned().await;
+        lock(&self.pausing).insert(partition, guard);
+    }
+
+    /// Ends `partition`'s write pause, if it is in one.
+    fn leave_pause(&self, partition: PartitionId) {
+        lock(&self.pausing).remove(&partition);
     }
 }
 
@@ -381,6 +427,9 @@ enum Action {
     /// The frozen partition's last changes, or the whole partition when this run did not
     /// pre-copy it ([`final_copy`]).
     FinalCopy,
+    /// PURGE at the source in entries of at most [`PURGE_BATCH_KEYS`] keys until it holds none
+    /// of the partition ([`purge`]).
+    Purge,
 }
 
 /// What the admin persists once a step's action succeeded.
@@ -417,7 +466,7 @@ fn step_plan(step: MoveStep) -> (Action, Then) {
             Then::Advance(S::Activating),
         ),
         S::Activating => (call(Side::Target, MigrateOp::Activate), Then::Switch),
-        S::Purging => (call(Side::Source, MigrateOp::Purge), Then::Finish),
+        S::Purging => (Action::Purge, Then::Finish),
         S::Aborting => (call(Side::Source, MigrateOp::Restore), Then::Abort),
     }
 }
@@ -432,6 +481,14 @@ async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
         let Some(record) = meta.moves.get(&p).cloned() else {
             return MoveEnd::Gone;
         };
+        let pausing = matches!(
+            record.step,
+            MoveStep::Freezing | MoveStep::Copying | MoveStep::Releasing | MoveStep::Activating
+        );
+        if !pausing {
+            // Switched, aborting, or back before the freeze after a failed last round.
+            state.mover.leave_pause(p);
+        }
         let exists = |side| {
             meta.clusters.contains_key(&match side {
                 Side::Source => record.source,
@@ -511,6 +568,7 @@ async fn take_step(
     let step = record.step;
     let (action, then) = step_plan(step);
     let mut copied = record.keys_copied;
+    let began = Instant::now();
     match action {
         Action::Nothing => {}
         Action::Call(side, op) => {
@@ -523,7 +581,7 @@ async fn take_step(
             let cleanup = matches!(step, MoveStep::Purging | MoveStep::Aborting);
             if exists || !cleanup {
                 let abortable = side == Side::Target && !step.past_activate();
-                match migrate(state, p, cluster, step, op, Vec::new(), 0, abortable).await {
+                match migrate(state, step, step_request(p, cluster, op), abortable).await {
                     // Refused: the source holds the partition in no restorable state (it was
                     // never exported or frozen), so there is nothing to restore.
                     Err(StepFail::Refused(why)) if step == MoveStep::Aborting => {
@@ -542,7 +600,31 @@ async fn take_step(
         }
         Action::PreCopy => copied = pre_copy(state, p, record).await?,
         Action::FinalCopy => copied = final_copy(state, p, record).await?,
+        // Nothing to delete on a source that is gone.
+        Action::Purge if source_exists => purge(state, p, record.source).await?,
+        Action::Purge => {}
     }
+    let acted = Instant::now();
+    let result = persist_then(state, p, record, then, copied, target_exists).await;
+    tracing::debug!(
+        partition = p,
+        step = step.name(),
+        action_ms = acted.duration_since(began).as_secs_f64() * 1e3,
+        persist_ms = acted.elapsed().as_secs_f64() * 1e3,
+        "move step taken"
+    );
+    result
+}
+
+/// Persists what follows a step whose action succeeded; `Some` when the move ended.
+async fn persist_then(
+    state: &AdminState,
+    p: PartitionId,
+    record: &MoveRecord,
+    then: Then,
+    copied: u64,
+    target_exists: bool,
+) -> Result<Option<MoveEnd>, StepFail> {
     match then {
         Then::Advance(next) => advance(state, p, next, copied).await.map(|()| None),
         Then::Switch => execute(
@@ -691,26 +773,17 @@ where
     }
 }
 
-/// One MIGRATE step on `cluster`'s leader, retried until answered.
-#[allow(clippy::too_many_arguments)]
+/// One MIGRATE `request` (which names the cluster, partition and op) on that cluster's leader,
+/// retried until answered.
 async fn migrate(
     state: &AdminState,
-    p: PartitionId,
-    cluster: ClusterId,
     step: MoveStep,
-    op: MigrateOp,
-    records: Vec<MigrateRecord>,
-    version_floor: u64,
+    request: MigrateRequest,
     abortable: bool,
 ) -> Result<MigrateReply, StepFail> {
+    let (p, cluster) = (request.partition, request.cluster_id);
     call_with_retry(state, p, cluster, step, abortable, |mut client| {
-        let request = MigrateRequest {
-            cluster_id: cluster,
-            partition: p,
-            op: op as i32,
-            records: records.clone(),
-            version_floor,
-        };
+        let request = request.clone();
         async move {
             let mut reply = client
                 .migrate(control_request(request, limits::CONTROL_RPC_TIMEOUT_MS))
@@ -723,16 +796,37 @@ async fn migrate(
     .await
 }
 
+/// A MIGRATE request with no records.
+fn step_request(p: PartitionId, cluster: ClusterId, op: MigrateOp) -> MigrateRequest {
+    MigrateRequest {
+        cluster_id: cluster,
+        partition: p,
+        op: op as i32,
+        ..MigrateRequest::default()
+    }
+}
+
+/// Deletes the released partition at `source` in bounded entries (one entry deleting 50,000
+/// keys held the source's apply for about a second, stalling every other partition there).
+async fn purge(state: &AdminState, p: PartitionId, source: ClusterId) -> Result<(), StepFail> {
+    loop {
+        let _turn = state.mover.yield_to_pause(p).await;
+        let request = MigrateRequest {
+            max_records: PURGE_BATCH_KEYS,
+            ..step_request(p, source, MigrateOp::Purge)
+        };
+        let reply = migrate(state, MoveStep::Purging, request, false).await?;
+        if reply.partition_keys == 0 {
+            return Ok(());
+        }
+    }
+}
+
 /// One attempt at ABANDON on the target of an aborted move; failures only leave garbage that
 /// the next PREPARE_INCOMING there wipes.
 async fn abandon_once(state: &AdminState, p: PartitionId, cluster: ClusterId) {
     let result = call_leader(state, cluster, |mut client| async move {
-        let request = MigrateRequest {
-            cluster_id: cluster,
-            partition: p,
-            op: MigrateOp::Abandon as i32,
-            ..MigrateRequest::default()
-        };
+        let request = step_request(p, cluster, MigrateOp::Abandon);
         let mut reply = client
             .migrate(control_request(request, limits::CONTROL_RPC_TIMEOUT_MS))
             .await?
@@ -771,6 +865,10 @@ async fn pre_copy(
         }
         previous_round = changes;
     }
+    // One move at a time freezes; the changes made while this one waited for its turn are
+    // copied before the freeze, so its pause stays short.
+    state.mover.enter_pause(p).await;
+    copied += copy_changes(state, p, record, step, &mut tail, copied).await?;
     state.mover.set_tail(p, tail);
     Ok(copied)
 }
@@ -805,8 +903,8 @@ async fn prepare_target(
     record: &MoveRecord,
     step: MoveStep,
 ) -> Result<(), StepFail> {
-    let op = MigrateOp::PrepareIncoming;
-    migrate(state, p, record.target, step, op, Vec::new(), 0, true).await?;
+    let request = step_request(p, record.target, MigrateOp::PrepareIncoming);
+    migrate(state, step, request, true).await?;
     state.mover.set_progress(p, 0);
     Ok(())
 }
@@ -823,6 +921,10 @@ async fn copy_records(
     let mut after: Option<Vec<u8>> = None;
     let mut copied: u64 = 0;
     loop {
+        let _turn = match step {
+            MoveStep::Precopying => state.mover.yield_to_pause(p).await,
+            _ => None,
+        };
         let batch = scan(state, p, s, step, ScanFrom::Key(after.clone())).await?;
         if !batch.done && batch.records.is_empty() {
             return Err(StepFail::Refused(format!(
@@ -837,8 +939,6 @@ async fn copy_records(
         if batch.done {
             return Ok(copied);
         }
-        // Keep the persisted count roughly current for a partition that takes many batches.
-        advance(state, p, step, copied).await?;
     }
 }
 
@@ -856,6 +956,10 @@ async fn copy_changes(
     let (s, t) = (record.source, record.target);
     let mut copied = 0;
     loop {
+        let _turn = match step {
+            MoveStep::Precopying => state.mover.yield_to_pause(p).await,
+            _ => None,
+        };
         let batch = scan(state, p, s, step, ScanFrom::Version(tail.after)).await?;
         if !batch.done && batch.records.is_empty() {
             return Err(StepFail::Refused(format!(
@@ -894,7 +998,12 @@ async fn ingest(
     for chunk in ingest_chunks(records) {
         let n = chunk.len() as u64;
         let bytes = record_bytes(&chunk);
-        migrate(state, p, target, step, op, chunk, version_floor, true).await?;
+        let request = MigrateRequest {
+            records: chunk,
+            version_floor,
+            ..step_request(p, target, op)
+        };
+        migrate(state, step, request, true).await?;
         sent += n;
         state.mover.copied(p, copied_before + sent, n, bytes);
     }
@@ -989,7 +1098,6 @@ mod tests {
         AssignReply, AssignRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest,
         PartitionStateView, StatusReply, StatusRequest,
     };
-    use std::sync::Arc;
     use tonic::{Request, Response, Status};
 
     /// A fake partition's records: key → (version, value).
@@ -1152,6 +1260,12 @@ mod tests {
                     part.state = V::Released as i32;
                 }
                 (MigrateOp::Activate, V::Incoming | V::Serving) => part.state = V::Serving as i32,
+                (MigrateOp::Purge, V::Released) if req.max_records > 0 => {
+                    let first: Vec<Vec<u8>> = part.records.keys().cloned().collect();
+                    for key in first.into_iter().take(req.max_records as usize) {
+                        part.records.remove(&key);
+                    }
+                }
                 (MigrateOp::Purge, V::Released) => part.records.clear(),
                 (MigrateOp::Restore, V::Exporting | V::Frozen | V::Released | V::Serving) => {
                     part.state = V::Serving as i32;
@@ -1347,6 +1461,20 @@ mod tests {
 
     fn ops(f: &FakeCluster) -> Vec<String> {
         lock(&f.ops).clone()
+    }
+
+    /// A source holding more than one PURGE entry's worth of keys is purged in entries of at
+    /// most `PURGE_BATCH_KEYS` keys, until none is left.
+    #[tokio::test]
+    async fn a_large_partition_is_purged_in_bounded_entries() {
+        let keys = 2 * u64::from(PURGE_BATCH_KEYS) + 100;
+        let s = setup(keys).await;
+        start(&s).await;
+        assert_eq!(drive_steps(&s.state, 3).await, MoveEnd::Finished);
+        assert_eq!(lock(&s.target.partitions)[&3].records.len() as u64, keys);
+        assert!(lock(&s.source.partitions)[&3].records.is_empty());
+        let purges = ops(&s.source).iter().filter(|op| *op == "Purge p3").count();
+        assert_eq!(purges, 3);
     }
 
     /// One move driven to completion moves every record with its version and the version floor,

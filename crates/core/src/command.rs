@@ -190,6 +190,11 @@ pub enum MigrationStep {
         records: Vec<ChangedRecord>,
         version_floor: u64,
     },
+    /// Source, requires `Released`: deletes at most `max_keys` of the partition's keys (the
+    /// first in key order), so that a large partition is purged in bounded entries instead of
+    /// one entry that stalls the cluster's apply; repeated until no key is left. The state stays
+    /// `Released`.
+    PurgeSome { max_keys: u32 },
 }
 
 impl MigrationStep {
@@ -207,6 +212,7 @@ impl MigrationStep {
             Self::Abandon => "abandon",
             Self::Export => "export",
             Self::IngestChanges { .. } => "ingest_changes",
+            Self::PurgeSome { .. } => "purge_some",
         }
     }
 }

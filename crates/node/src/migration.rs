@@ -95,7 +95,7 @@ pub async fn migrate(replica: &Replica, req: MigrateRequest) -> MigrateReply {
 async fn propose_step(replica: &Replica, req: MigrateRequest) -> Result<Migrated, NodeError> {
     replica.check_cluster(req.cluster_id)?;
     check_partition(req.partition)?;
-    let step = step_of(req.op, req.records, req.version_floor)?;
+    let step = step_of(req.op, req.records, req.version_floor, req.max_records)?;
     let name = step.name();
     let partition = req.partition;
     let started = Instant::now();
@@ -145,6 +145,7 @@ fn step_of(
     op: i32,
     records: Vec<MigrateRecord>,
     version_floor: u64,
+    max_records: u32,
 ) -> Result<MigrationStep, NodeError> {
     let op = MigrateOp::try_from(op)
         .map_err(|_| NodeError::Invalid(format!("unknown migration op {op}")))?;
@@ -175,7 +176,10 @@ fn step_of(
         },
         MigrateOp::Release => MigrationStep::Release,
         MigrateOp::Activate => MigrationStep::Activate,
-        MigrateOp::Purge => MigrationStep::Purge,
+        MigrateOp::Purge if max_records == 0 => MigrationStep::Purge,
+        MigrateOp::Purge => MigrationStep::PurgeSome {
+            max_keys: max_records,
+        },
         MigrateOp::Restore => MigrationStep::Restore,
         MigrateOp::Abandon => MigrationStep::Abandon,
         MigrateOp::Export => MigrationStep::Export,
@@ -363,7 +367,7 @@ mod tests {
     /// than INGEST are refused before anything is proposed.
     #[test]
     fn ops_map_to_steps() {
-        let step = |op: MigrateOp| step_of(op as i32, Vec::new(), 0).map(|s| s.name());
+        let step = |op: MigrateOp| step_of(op as i32, Vec::new(), 0, 0).map(|s| s.name());
         assert_eq!(step(MigrateOp::Freeze).unwrap(), "freeze");
         assert_eq!(
             step(MigrateOp::PrepareIncoming).unwrap(),
@@ -372,10 +376,14 @@ mod tests {
         assert_eq!(step(MigrateOp::Release).unwrap(), "release");
         assert_eq!(step(MigrateOp::Activate).unwrap(), "activate");
         assert_eq!(step(MigrateOp::Purge).unwrap(), "purge");
+        assert_eq!(
+            step_of(MigrateOp::Purge as i32, Vec::new(), 0, 500).unwrap(),
+            MigrationStep::PurgeSome { max_keys: 500 }
+        );
         assert_eq!(step(MigrateOp::Restore).unwrap(), "restore");
         assert_eq!(step(MigrateOp::Abandon).unwrap(), "abandon");
         assert_eq!(
-            step_of(MigrateOp::Ingest as i32, vec![record(b"k", 3, 1)], 7).unwrap(),
+            step_of(MigrateOp::Ingest as i32, vec![record(b"k", 3, 1)], 7, 0).unwrap(),
             MigrationStep::Ingest {
                 records: vec![MigratedRecord {
                     key: b"k".to_vec(),
@@ -386,15 +394,15 @@ mod tests {
             }
         );
         assert_eq!(step(MigrateOp::Unspecified).unwrap_err().code(), "invalid");
-        assert_eq!(step_of(99, Vec::new(), 0).unwrap_err().code(), "invalid");
-        let e = step_of(MigrateOp::Freeze as i32, vec![record(b"k", 1, 1)], 0).unwrap_err();
+        assert_eq!(step_of(99, Vec::new(), 0, 0).unwrap_err().code(), "invalid");
+        let e = step_of(MigrateOp::Freeze as i32, vec![record(b"k", 1, 1)], 0, 0).unwrap_err();
         assert_eq!(e.code(), "invalid");
     }
 
     /// INGEST batches are bounded in records and bytes, and malformed records are refused.
     #[test]
     fn ingest_batches_are_bounded() {
-        let ingest = |records| step_of(MigrateOp::Ingest as i32, records, 0);
+        let ingest = |records| step_of(MigrateOp::Ingest as i32, records, 0, 0);
         let many = (0..=INGEST_MAX_RECORDS)
             .map(|i| record(format!("k{i}").as_bytes(), 1, 1))
             .collect();

@@ -98,6 +98,7 @@ impl Node {
                 op: op as i32,
                 records,
                 version_floor,
+                ..MigrateRequest::default()
             })
             .await
             .unwrap()
@@ -392,14 +393,38 @@ async fn partition_moves_between_two_clusters() {
             op: MigrateOp::Freeze as i32,
             records: Vec::new(),
             version_floor: 0,
+            ..MigrateRequest::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(kind(&r.error), Some(Kind::WrongCluster));
 
-    // 6. Purge at S; a late assignment listing the partition does not revive it.
+    // 6. Purge at S, first a bounded entry, then the rest; a late assignment listing the
+    // partition does not revive it.
     let keys_before = s.status().await.key_count;
+    let half = KEYS as u32 / 2;
+    let r = s
+        .control()
+        .migrate(MigrateRequest {
+            cluster_id: s.cluster,
+            partition: P,
+            op: MigrateOp::Purge as i32,
+            max_records: half,
+            ..MigrateRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.state(), r.partition_keys, r.error),
+        (
+            PartitionStateView::Released,
+            KEYS as u64 - u64::from(half),
+            None
+        )
+    );
+    assert_eq!(s.status().await.key_count, keys_before - u64::from(half));
     for _ in 0..2 {
         let r = s.migrate(P, MigrateOp::Purge).await;
         assert_eq!(

@@ -762,6 +762,10 @@ impl Apply<'_> {
                 self.clear_change_log(partition);
                 self.wipe(partition)?;
             }
+            (MigrationStep::PurgeSome { max_keys }, Some(Released)) => {
+                self.clear_change_log(partition);
+                self.wipe_some(partition, *max_keys)?;
+            }
             (MigrationStep::Restore, Some(Exporting | Frozen | Released)) => {
                 self.clear_change_log(partition);
                 self.set_state(partition, Some(Serving));
@@ -954,6 +958,36 @@ impl Apply<'_> {
         }
         let keys = self.partition_keys(partition);
         self.remove_keys(partition, keys);
+        Ok(())
+    }
+
+    /// Deletes the first `max_keys` live keys of `partition` in key order (all of them if
+    /// fewer). The same keys on every replica: the overlaid view is the same everywhere, and its
+    /// first `max_keys` live keys are among the keys changed in memory and the first
+    /// `max_keys + (keys changed in memory)` keys of the tree, since at most that many of those
+    /// tree keys can be removed in memory.
+    fn wipe_some(&mut self, partition: PartitionId, max_keys: u32) -> Result<(), StorageError> {
+        let prefix = codec::data_prefix(partition);
+        let mut candidates: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for changed in [&self.pending.data, &self.unwritten.changes.data] {
+            let keys = changed.range(prefix.to_vec()..).map(|(key, _)| key);
+            candidates.extend(keys.take_while(|key| key.starts_with(&prefix)).cloned());
+        }
+        let from_tree = (max_keys as usize).saturating_add(candidates.len());
+        for key in self.tree.scan_prefix(prefix).keys().take(from_tree) {
+            candidates.insert(key?.to_vec());
+        }
+        let mut removed = 0;
+        for key in candidates {
+            if removed == u64::from(max_keys) {
+                break;
+            }
+            if self.version_of(&key)? != 0 {
+                self.pending.data.insert(key, None);
+                removed += 1;
+            }
+        }
+        self.remove_keys(partition, removed);
         Ok(())
     }
 

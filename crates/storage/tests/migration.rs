@@ -536,6 +536,55 @@ fn purge_deletes_exactly_one_partition() {
     });
 }
 
+/// PURGE_SOME deletes a released partition in bounded entries: each deletes at most its
+/// `max_keys` live keys, counting keys on disk and keys changed since (new and deleted ones)
+/// alike, until none is left; neighbouring partitions keep every key.
+#[test]
+fn purge_some_deletes_in_bounded_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    phase(async {
+        let mut sm = Sm::open(dir.path());
+        let mut commands = vec![assign(1, &[0, 1, 2])];
+        for p in [0, 1, 2] {
+            for i in 0..30 {
+                commands.push(put(p, &format!("key{i:02}"), "1"));
+            }
+        }
+        sm.apply_all(commands).await;
+    });
+    // Reopened, the first 30 keys are on disk; the changes below are applied over them.
+    phase(async {
+        let mut sm = Sm::open(dir.path());
+        let mut changes: Vec<Command> = (30..50)
+            .map(|i| put(1, &format!("key{i:02}"), "2"))
+            .collect();
+        changes.extend((0..10).map(|i| delete(1, &format!("key{i:02}"))));
+        sm.apply_all(changes).await;
+        assert_eq!(sm.keys(1), 40);
+        sm.step(1, MigrationStep::Freeze).await;
+        sm.step(1, MigrationStep::Release).await;
+        for left in [25, 10, 0, 0] {
+            assert_eq!(
+                sm.step(1, MigrationStep::PurgeSome { max_keys: 15 }).await,
+                migrated(Some(Released), 0, left)
+            );
+        }
+        let reader = sm.storage.reader();
+        assert_eq!(reader.key_count(), 60);
+        for p in [0, 2] {
+            assert_eq!(sm.keys(p), 30);
+        }
+        sm.step(1, MigrationStep::Restore).await;
+        for i in 0..50 {
+            assert_eq!(reader.get(1, format!("key{i:02}").as_bytes()), Ok(None));
+        }
+        // A partition still served is never purged.
+        let refused = sm.step(0, MigrationStep::PurgeSome { max_keys: 1 }).await;
+        assert_eq!(refused_in(&refused), Some(Some(Serving)));
+        assert_eq!(sm.keys(0), 30);
+    });
+}
+
 /// The scan returns a frozen partition's records in key order, in batches bounded by records
 /// and bytes that resume after the last key, says when it is done, and refuses any partition
 /// that is not frozen.
