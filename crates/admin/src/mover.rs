@@ -127,7 +127,7 @@ pub struct Mover {
     /// pause is on ([`Mover::yield_to_pause`]).
     pause_gate: Arc<tokio::sync::RwLock<()>>,
     /// The move holding `pause_gate`, with its guard.
-    pausing: Mutex<BTreeMap<PartitionId, tokio::sync::OwnedRwLockWriteGuard<()>>>,
+    pausing: Mutex<Option<(PartitionId, tokio::sync::OwnedRwLockWriteGuard<()>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -216,7 +216,7 @@ impl Mover {
     /// commits do not queue behind copies and purges at the same clusters. `None` when the wait
     /// timed out or `partition` itself is pausing.
     async fn yield_to_pause(&self, partition: PartitionId) -> Option<BackgroundTurn> {
-        if lock(&self.pausing).contains_key(&partition) {
+        if self.is_pausing(partition) {
             return None;
         }
         let wait = Duration::from_millis(PAUSE_PRIORITY_MAX_WAIT_MS);
@@ -227,16 +227,25 @@ impl Mover {
     /// Makes `partition` the one move in its write pause, waiting for the one before it and for
     /// background batches in flight.
     async fn enter_pause(&self, partition: PartitionId) {
-        if lock(&self.pausing).contains_key(&partition) {
+        if self.is_pausing(partition) {
             return;
         }
         let guard = Arc::clone(&self.pause_gate).write_owned().await;
-        lock(&self.pausing).insert(partition, guard);
+        *lock(&self.pausing) = Some((partition, guard));
+    }
+
+    fn is_pausing(&self, partition: PartitionId) -> bool {
+        lock(&self.pausing)
+            .as_ref()
+            .is_some_and(|(p, _)| *p == partition)
     }
 
     /// Ends `partition`'s write pause, if it is in one.
     fn leave_pause(&self, partition: PartitionId) {
-        lock(&self.pausing).remove(&partition);
+        let mut pausing = lock(&self.pausing);
+        if pausing.as_ref().is_some_and(|(p, _)| *p == partition) {
+            *pausing = None;
+        }
     }
 }
 
@@ -1261,8 +1270,11 @@ mod tests {
                 }
                 (MigrateOp::Activate, V::Incoming | V::Serving) => part.state = V::Serving as i32,
                 (MigrateOp::Purge, V::Released) if req.max_records > 0 => {
-                    let first: Vec<Vec<u8>> = part.records.keys().cloned().collect();
-                    for key in first.into_iter().take(req.max_records as usize) {
+                    let first: Vec<Vec<u8>> = (part.records.keys())
+                        .take(req.max_records as usize)
+                        .cloned()
+                        .collect();
+                    for key in first {
                         part.records.remove(&key);
                     }
                 }
@@ -1461,6 +1473,39 @@ mod tests {
 
     fn ops(f: &FakeCluster) -> Vec<String> {
         lock(&f.ops).clone()
+    }
+
+    /// One move at a time is in its write pause: a second one waits to enter until the first
+    /// leaves; a background batch of another move gets no turn while a pause is on (it goes
+    /// ahead without one after the bounded wait) and gets one once it ended; the pausing move's
+    /// own batches never wait for it.
+    #[tokio::test]
+    async fn one_move_pauses_at_a_time_and_background_batches_yield() {
+        let mover = Arc::new(Mover::new());
+        assert!(mover.yield_to_pause(1).await.is_some());
+        mover.enter_pause(1).await;
+        assert!(mover.yield_to_pause(1).await.is_none(), "its own batch");
+        assert!(
+            mover.yield_to_pause(2).await.is_none(),
+            "no turn during a pause"
+        );
+        let second = tokio::spawn({
+            let mover = Arc::clone(&mover);
+            async move { mover.enter_pause(2).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !second.is_finished(),
+            "the second pause waits for the first"
+        );
+        mover.leave_pause(2);
+        assert!(!second.is_finished(), "leaving is by the pausing move only");
+        mover.leave_pause(1);
+        second.await.unwrap();
+        assert!(mover.is_pausing(2));
+        mover.leave_pause(2);
+        let turn = mover.yield_to_pause(3).await;
+        assert!(turn.is_some(), "a turn once no pause is on");
     }
 
     /// A source holding more than one PURGE entry's worth of keys is purged in entries of at

@@ -30,7 +30,7 @@
 //!   tombstone: `Assign` only moves partitions between absent and `Serving`, so a late
 //!   assignment can never revive a partition at the owner it moved away from. Deleting a
 //!   partition's data (PURGE, PREPARE_INCOMING, ABANDON) is one prefix scan turned into
-//!   removals in the same batch.
+//!   removals in the same batch; PURGE_SOME removes only the first keys of that scan.
 //! - **The change log of an exporting partition** (pre-copy, `docs/design.md#pre-copy`): while
 //!   a partition is `Exporting`, every put and delete also records `(version → key)` in its
 //!   change log, in the same batch as the data, so that a copy taken while the partition is
@@ -968,24 +968,26 @@ impl Apply<'_> {
     /// tree keys can be removed in memory.
     fn wipe_some(&mut self, partition: PartitionId, max_keys: u32) -> Result<(), StorageError> {
         let prefix = codec::data_prefix(partition);
-        let mut candidates: BTreeSet<Vec<u8>> = BTreeSet::new();
-        for changed in [&self.pending.data, &self.unwritten.changes.data] {
-            let keys = changed.range(prefix.to_vec()..).map(|(key, _)| key);
-            candidates.extend(keys.take_while(|key| key.starts_with(&prefix)).cloned());
+        // Key → whether it is live; a key changed in memory is as its latest change says, one
+        // only in the tree is live (the tree holds no deletions).
+        let mut candidates: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        for changed in [&self.unwritten.changes.data, &self.pending.data] {
+            let keys = changed.range(prefix.to_vec()..);
+            for (key, value) in keys.take_while(|(key, _)| key.starts_with(&prefix)) {
+                candidates.insert(key.clone(), value.is_some());
+            }
         }
         let from_tree = (max_keys as usize).saturating_add(candidates.len());
         for key in self.tree.scan_prefix(prefix).keys().take(from_tree) {
-            candidates.insert(key?.to_vec());
+            candidates.entry(key?.to_vec()).or_insert(true);
         }
         let mut removed = 0;
-        for key in candidates {
+        for (key, _) in candidates.into_iter().filter(|(_, live)| *live) {
             if removed == u64::from(max_keys) {
                 break;
             }
-            if self.version_of(&key)? != 0 {
-                self.pending.data.insert(key, None);
-                removed += 1;
-            }
+            self.pending.data.insert(key, None);
+            removed += 1;
         }
         self.remove_keys(partition, removed);
         Ok(())
