@@ -115,14 +115,17 @@ pub struct MetaState {
 pub enum MoveStep {
     /// Recorded; nothing sent yet.
     Planned,
-    /// FREEZE at the source (writes refused from now on).
+    /// FREEZE at the source (writes refused from now on), then the copy while frozen: the
+    /// change log's last entries after the pre-copy or, for a move this admin run did not
+    /// pre-copy, PREPARE_INCOMING and the whole partition.
     Freezing,
-    /// The copy while frozen: the change log's last entries after the pre-copy or, for a move
-    /// this admin run did not pre-copy, PREPARE_INCOMING and the whole partition.
+    /// The copy while frozen as a step of its own, as earlier versions took it (a record one
+    /// persisted at this step still resumes here).
     Copying,
-    /// RELEASE at the source (it stops serving reads).
+    /// RELEASE at the source as a step of its own, as earlier versions took it.
     Releasing,
-    /// ACTIVATE at the target, then the table switch. From here the move only goes forward.
+    /// RELEASE at the source (it stops serving reads), ACTIVATE at the target, then the table
+    /// switch. From here the move only goes forward.
     Activating,
     /// The table names the target; PURGE the source's copy, then finish.
     Purging,
@@ -159,11 +162,18 @@ impl MoveStep {
             Self::Planned => Some(Self::Exporting),
             Self::Exporting => Some(Self::Precopying),
             Self::Precopying => Some(Self::Freezing),
-            Self::Freezing => Some(Self::Copying),
+            Self::Freezing | Self::Releasing => Some(Self::Activating),
             Self::Copying => Some(Self::Releasing),
-            Self::Releasing => Some(Self::Activating),
             Self::Activating | Self::Purging | Self::Aborting => None,
         }
+    }
+
+    /// Whether a move may go forward from `self` to `step`: the next step, or the separate
+    /// copying step earlier versions took after the freeze (so that their commands still
+    /// apply, e.g. while admins of two versions share the metadata).
+    #[must_use]
+    pub fn may_advance_to(self, step: Self) -> bool {
+        self.next() == Some(step) || (self == Self::Freezing && step == Self::Copying)
     }
 
     /// Whether ACTIVATE may have been sent, after which the move may not be aborted.
@@ -547,7 +557,7 @@ impl MetaState {
             // The switch and the end of a move have their own commands.
             MoveStep::Planned | MoveStep::Purging => record.step == step,
             MoveStep::Aborting => !record.step.past_activate(),
-            _ => record.step == step || record.step.next() == Some(step),
+            _ => record.step == step || record.step.may_advance_to(step),
         };
         if !allowed {
             return Err(MetaRefusal::MoveRefused {
@@ -1558,11 +1568,18 @@ mod tests {
         // A repeat later keeps the first freeze time.
         s.apply(adv(p, MoveStep::Freezing, 300)).unwrap();
         assert_eq!(s.moves[&p].frozen_at_ms, Some(200));
-        twice(&mut s, adv(p, MoveStep::Copying, 0));
-        twice(&mut s, adv(p, MoveStep::Releasing, 0));
+        // The separate copying and releasing steps of earlier versions still apply.
+        let mut earlier = s.clone();
+        twice(&mut earlier, adv(p, MoveStep::Copying, 0));
+        twice(&mut earlier, adv(p, MoveStep::Releasing, 0));
+        twice(&mut earlier, adv(p, MoveStep::Activating, 0));
         assert!(
-            s.apply(adv(p, MoveStep::Copying, 0)).is_err(),
+            earlier.apply(adv(p, MoveStep::Copying, 0)).is_err(),
             "no going back"
+        );
+        assert!(
+            s.apply(adv(p, MoveStep::Releasing, 0)).is_err(),
+            "releasing only follows copying"
         );
         assert!(
             s.apply(MetaCommand::SwitchOwner {

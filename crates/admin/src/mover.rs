@@ -453,30 +453,33 @@ enum Then {
     Abort,
 }
 
-/// The step table (`docs/design.md#the-steps-of-a-move`): each persisted step's action and the
-/// metadata command that follows it.
-fn step_plan(step: MoveStep) -> (Action, Then) {
+/// The step table (`docs/design.md#the-steps-of-a-move`): each persisted step's actions, taken
+/// in order, and the metadata command that follows them. Inside the write pause (FREEZE to the
+/// switch) only the steps that must be persisted before their action are: the freeze (so a
+/// restarted admin knows the source refuses writes) and ACTIVATE (after which the move may not
+/// be aborted); the final copy and RELEASE ride along, as both are idempotent.
+fn step_plan(step: MoveStep) -> (&'static [Action], Then) {
+    use Action::{Call, FinalCopy, Nothing, PreCopy, Purge};
+    use MigrateOp as Op;
     use MoveStep as S;
-    let call = |side, op| Action::Call(side, op);
+    use Side::{Source, Target};
     match step {
-        S::Planned => (Action::Nothing, Then::Advance(S::Exporting)),
-        S::Exporting => (
-            call(Side::Source, MigrateOp::Export),
-            Then::Advance(S::Precopying),
-        ),
-        S::Precopying => (Action::PreCopy, Then::Advance(S::Freezing)),
+        S::Planned => (&[Nothing], Then::Advance(S::Exporting)),
+        S::Exporting => (&[Call(Source, Op::Export)], Then::Advance(S::Precopying)),
+        S::Precopying => (&[PreCopy], Then::Advance(S::Freezing)),
         S::Freezing => (
-            call(Side::Source, MigrateOp::Freeze),
-            Then::Advance(S::Copying),
-        ),
-        S::Copying => (Action::FinalCopy, Then::Advance(S::Releasing)),
-        S::Releasing => (
-            call(Side::Source, MigrateOp::Release),
+            &[Call(Source, Op::Freeze), FinalCopy],
             Then::Advance(S::Activating),
         ),
-        S::Activating => (call(Side::Target, MigrateOp::Activate), Then::Switch),
-        S::Purging => (Action::Purge, Then::Finish),
-        S::Aborting => (call(Side::Source, MigrateOp::Restore), Then::Abort),
+        // The separate steps of earlier versions, for records they persisted.
+        S::Copying => (&[FinalCopy], Then::Advance(S::Releasing)),
+        S::Releasing => (&[Call(Source, Op::Release)], Then::Advance(S::Activating)),
+        S::Activating => (
+            &[Call(Source, Op::Release), Call(Target, Op::Activate)],
+            Then::Switch,
+        ),
+        S::Purging => (&[Purge], Then::Finish),
+        S::Aborting => (&[Call(Source, Op::Restore)], Then::Abort),
     }
 }
 
@@ -565,7 +568,7 @@ async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
     }
 }
 
-/// Takes the action of `record`'s step and persists what follows it; `Some` when the move
+/// Takes the actions of `record`'s step and persists what follows them; `Some` when the move
 /// ended.
 async fn take_step(
     state: &AdminState,
@@ -575,9 +578,53 @@ async fn take_step(
     target_exists: bool,
 ) -> Result<Option<MoveEnd>, StepFail> {
     let step = record.step;
-    let (action, then) = step_plan(step);
+    let (actions, then) = step_plan(step);
     let mut copied = record.keys_copied;
     let began = Instant::now();
+    for &action in actions {
+        let at = Instant::now();
+        copied = act(
+            state,
+            p,
+            record,
+            action,
+            copied,
+            source_exists,
+            target_exists,
+        )
+        .await?;
+        tracing::debug!(
+            partition = p,
+            step = step.name(),
+            ?action,
+            ms = at.elapsed().as_secs_f64() * 1e3,
+            "move action taken"
+        );
+    }
+    let acted = Instant::now();
+    let result = persist_then(state, p, record, then, copied, target_exists).await;
+    tracing::debug!(
+        partition = p,
+        step = step.name(),
+        action_ms = acted.duration_since(began).as_secs_f64() * 1e3,
+        persist_ms = acted.elapsed().as_secs_f64() * 1e3,
+        "move step taken"
+    );
+    result
+}
+
+/// Takes one action of `record`'s step; returns the records the move copied so far
+/// (`copied` unless the action copied).
+async fn act(
+    state: &AdminState,
+    p: PartitionId,
+    record: &MoveRecord,
+    action: Action,
+    copied: u64,
+    source_exists: bool,
+    target_exists: bool,
+) -> Result<u64, StepFail> {
+    let step = record.step;
     match action {
         Action::Nothing => {}
         Action::Call(side, op) => {
@@ -607,22 +654,13 @@ async fn take_step(
                 }
             }
         }
-        Action::PreCopy => copied = pre_copy(state, p, record).await?,
-        Action::FinalCopy => copied = final_copy(state, p, record).await?,
+        Action::PreCopy => return pre_copy(state, p, record).await,
+        Action::FinalCopy => return final_copy(state, p, record).await,
         // Nothing to delete on a source that is gone.
         Action::Purge if source_exists => purge(state, p, record.source).await?,
         Action::Purge => {}
     }
-    let acted = Instant::now();
-    let result = persist_then(state, p, record, then, copied, target_exists).await;
-    tracing::debug!(
-        partition = p,
-        step = step.name(),
-        action_ms = acted.duration_since(began).as_secs_f64() * 1e3,
-        persist_ms = acted.elapsed().as_secs_f64() * 1e3,
-        "move step taken"
-    );
-    result
+    Ok(copied)
 }
 
 /// Persists what follows a step whose action succeeded; `Some` when the move ended.
@@ -891,7 +929,7 @@ async fn final_copy(
     p: PartitionId,
     record: &MoveRecord,
 ) -> Result<u64, StepFail> {
-    let step = MoveStep::Copying;
+    let step = record.step;
     match state.mover.tail(p) {
         Some(mut tail) => {
             let changes =
@@ -1617,38 +1655,70 @@ mod tests {
                 MoveStep::Exporting,
                 MoveStep::Precopying,
                 MoveStep::Freezing,
-                MoveStep::Copying,
-                MoveStep::Releasing,
                 MoveStep::Activating
             ]
         );
+        let calls = |step| step_plan(step).0.to_vec();
         // Writes stop at FREEZE: every step before it leaves the source serving.
-        let before_freeze: Vec<_> = seen
-            .iter()
-            .take_while(|s| **s != MoveStep::Freezing)
-            .collect();
-        for step in before_freeze {
-            assert_ne!(
-                step_plan(*step).0,
-                Action::Call(Side::Source, MigrateOp::Freeze)
-            );
+        for step in seen.iter().take_while(|s| **s != MoveStep::Freezing) {
+            assert!(!calls(*step).contains(&Action::Call(Side::Source, MigrateOp::Freeze)));
         }
+        // The final copy comes after the freeze, RELEASE before ACTIVATE.
+        assert_eq!(
+            calls(MoveStep::Freezing),
+            [
+                Action::Call(Side::Source, MigrateOp::Freeze),
+                Action::FinalCopy
+            ]
+        );
+        assert_eq!(
+            calls(MoveStep::Activating),
+            [
+                Action::Call(Side::Source, MigrateOp::Release),
+                Action::Call(Side::Target, MigrateOp::Activate)
+            ]
+        );
+        // A record an earlier version persisted at its separate steps goes on to ACTIVATE.
+        assert_eq!(
+            step_plan(MoveStep::Copying).1,
+            Then::Advance(MoveStep::Releasing)
+        );
+        assert_eq!(
+            step_plan(MoveStep::Releasing).1,
+            Then::Advance(MoveStep::Activating)
+        );
     }
 
     /// A move resumed from each persisted step (as after an admin crash right after persisting
     /// it, with the previous steps already applied at the nodes) finishes with the same result.
     #[tokio::test]
     async fn resumes_from_every_persisted_step() {
-        let order = [
-            MoveStep::Planned,
-            MoveStep::Exporting,
-            MoveStep::Precopying,
-            MoveStep::Freezing,
-            MoveStep::Copying,
-            MoveStep::Releasing,
-            MoveStep::Activating,
-            MoveStep::Purging,
+        use MoveStep as S;
+        let current = [
+            S::Planned,
+            S::Exporting,
+            S::Precopying,
+            S::Freezing,
+            S::Activating,
+            S::Purging,
         ];
+        // The separate copying and releasing steps of records an earlier version persisted.
+        let earlier = [
+            S::Planned,
+            S::Exporting,
+            S::Precopying,
+            S::Freezing,
+            S::Copying,
+            S::Releasing,
+            S::Activating,
+            S::Purging,
+        ];
+        for order in [&current[..], &earlier[..]] {
+            resume_from_every_step_of(order).await;
+        }
+    }
+
+    async fn resume_from_every_step_of(order: &[MoveStep]) {
         for (i, &resume_at) in order.iter().enumerate() {
             let s = setup(20).await;
             start(&s).await;
@@ -1693,6 +1763,8 @@ mod tests {
                             PartitionStateView::Released as i32;
                     }
                     MoveStep::Activating => {
+                        lock(&s.source.partitions).get_mut(&3).unwrap().state =
+                            PartitionStateView::Released as i32;
                         lock(&s.target.partitions).get_mut(&3).unwrap().state =
                             PartitionStateView::Serving as i32;
                     }
