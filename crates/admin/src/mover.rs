@@ -26,6 +26,7 @@
 //! This module must not change the table by itself (only through `meta` commands) and must not
 //! hold a lock across an `.await`.
 
+use crate::cluster_view::STATUS_DEADLINE_MS;
 use crate::meta::{MetaCommand, MetaError, MetaRefusal, MoveRecord, MoveStep, plan_moves};
 use crate::placement::{LeaderCallError, call_leader, control_request};
 use crate::{AdminState, SharedState};
@@ -34,7 +35,7 @@ use ravel_proto::v1::control_client::ControlClient;
 use ravel_proto::v1::node_error::Kind;
 use ravel_proto::v1::{
     MigrateOp, MigrateRecord, MigrateReply, MigrateRequest, NodeError, ScanPartitionReply,
-    ScanPartitionRequest,
+    ScanPartitionRequest, StatusRequest,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -91,6 +92,12 @@ const PAUSE_PRIORITY_MAX_WAIT_MS: u64 = 500;
 
 /// Window over which `/v1/cluster` reports the migration rate.
 pub const RATE_WINDOW_MS: u64 = 10_000;
+
+/// Longest a move waits, before its write pause, for a membership change of its source or
+/// target to end (after that it pauses anyway: a replica may stay a learner for good).
+pub const PAUSE_MEMBERSHIP_WAIT_MS: u64 = 10_000;
+/// How often that wait asks the clusters again.
+const MEMBERSHIP_POLL_MS: u64 = 100;
 
 /// Held by a background batch (pre-copy, purge) while it runs ([`Mover::yield_to_pause`]).
 type BackgroundTurn = tokio::sync::OwnedRwLockReadGuard<()>;
@@ -912,12 +919,58 @@ async fn pre_copy(
         }
         previous_round = changes;
     }
-    // One move at a time freezes; the changes made while this one waited for its turn are
-    // copied before the freeze, so its pause stays short.
+    // While a replica joins either cluster, its commits may wait for the newcomer (measured:
+    // an ACTIVATE took a second while the target grew from one replica to three), so the
+    // pause waits for that to end. One move at a time freezes; the changes made while this one
+    // waited are copied before the freeze, so its pause stays short.
+    wait_membership_settled(state, p, record).await;
     state.mover.enter_pause(p).await;
     copied += copy_changes(state, p, record, step, &mut tail, copied).await?;
     state.mover.set_tail(p, tail);
     Ok(copied)
+}
+
+/// Waits until neither cluster of the move reports a membership change in progress, at most
+/// [`PAUSE_MEMBERSHIP_WAIT_MS`]. A cluster that does not answer counts as settled: the steps
+/// after the wait find out about it.
+async fn wait_membership_settled(state: &AdminState, p: PartitionId, record: &MoveRecord) {
+    let began = Instant::now();
+    loop {
+        let mut changing = Vec::new();
+        for cluster in [record.source, record.target] {
+            if membership_changing(state, cluster).await {
+                changing.push(cluster);
+            }
+        }
+        if changing.is_empty() {
+            return;
+        }
+        if began.elapsed() >= Duration::from_millis(PAUSE_MEMBERSHIP_WAIT_MS) {
+            tracing::warn!(
+                partition = p,
+                clusters = ?changing,
+                waited_ms = PAUSE_MEMBERSHIP_WAIT_MS,
+                "membership still changing; freezing the partition anyway"
+            );
+            return;
+        }
+        tracing::debug!(partition = p, clusters = ?changing, "membership changing; the freeze waits");
+        tokio::time::sleep(Duration::from_millis(MEMBERSHIP_POLL_MS)).await;
+    }
+}
+
+/// Whether `cluster`'s leader (or, without one, the replica that answered) reports a
+/// membership change in progress.
+async fn membership_changing(state: &AdminState, cluster: ClusterId) -> bool {
+    let answer = call_leader(state, cluster, |mut client| async move {
+        let reply = client
+            .status(control_request(StatusRequest {}, STATUS_DEADLINE_MS))
+            .await?
+            .into_inner();
+        Ok((reply.membership_changing, None))
+    })
+    .await;
+    answer.unwrap_or(false)
 }
 
 /// The copy while the source is frozen: the change log after where [`pre_copy`] left it or,
@@ -1191,6 +1244,8 @@ mod tests {
         flaky: Mutex<u32>,
         /// Client writes applied at each scan of an exporting partition.
         churn: Mutex<u32>,
+        /// Report a membership change in progress to this many Status calls first.
+        membership_changing: Mutex<u32>,
     }
 
     fn wrong_owner(why: &str) -> Option<NodeError> {
@@ -1214,11 +1269,21 @@ mod tests {
     #[tonic::async_trait]
     impl Control for Fake {
         async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+            let membership_changing = {
+                let mut left = lock(&self.membership_changing);
+                let changing = *left > 0;
+                *left = left.saturating_sub(1);
+                changing
+            };
+            if membership_changing {
+                lock(&self.ops).push("Status: membership changing".into());
+            }
             Ok(Response::new(StatusReply {
                 node_id: self.node,
                 cluster_id: self.cluster,
                 role: "leader".into(),
                 term: 1,
+                membership_changing,
                 ..StatusReply::default()
             }))
         }
@@ -1544,6 +1609,23 @@ mod tests {
         mover.leave_pause(2);
         let turn = mover.yield_to_pause(3).await;
         assert!(turn.is_some(), "a turn once no pause is on");
+    }
+
+    /// A move does not freeze while a cluster of it changes its membership: it asks again until
+    /// the change is over, then freezes.
+    #[tokio::test]
+    async fn the_freeze_waits_for_a_membership_change_to_end() {
+        let s = setup(20).await;
+        *lock(&s.source.membership_changing) = 3;
+        start(&s).await;
+        assert_eq!(drive_steps(&s.state, 3).await, MoveEnd::Finished);
+        let source_ops = ops(&s.source);
+        let freeze = source_ops.iter().position(|op| op == "Freeze p3").unwrap();
+        let changing_before_freeze = source_ops[..freeze]
+            .iter()
+            .filter(|op| op.starts_with("Status"))
+            .count();
+        assert_eq!(changing_before_freeze, 3, "{source_ops:?}");
     }
 
     /// A source holding more than one PURGE entry's worth of keys is purged in entries of at

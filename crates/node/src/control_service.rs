@@ -185,6 +185,7 @@ pub fn status_of(r: &Replica) -> StatusReply {
     let membership = m.membership_config.membership();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let membership_changing = !learners.is_empty() || membership.get_joint_config().len() > 1;
     let role = match m.state {
         ServerState::Leader => "leader",
         ServerState::Shutdown => "shutdown",
@@ -212,6 +213,7 @@ pub fn status_of(r: &Replica) -> StatusReply {
         snapshots_installed: r.reader.snapshots_installed(),
         raft_addr: r.raft_addr.clone(),
         grpc_addr: r.grpc_addr.clone(),
+        membership_changing,
     }
 }
 

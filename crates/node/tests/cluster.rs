@@ -189,12 +189,13 @@ fn node_configs(dirs: &[tempfile::TempDir], admin_addr: &str) -> Vec<NodeConfig>
         .collect()
 }
 
-/// The replica that `status` on every node agrees leads, once all three are voters.
+/// The replica that `status` on every node agrees leads, once all three are voters and the
+/// membership change that made them so is over.
 async fn leader_of(nodes: &[Node]) -> usize {
     eventually(60, "a leader with three voters", || async {
         for (i, n) in nodes.iter().enumerate() {
             let s = status(&n.config.grpcaddr).await?;
-            if s.role == "leader" && s.voters.len() == 3 && s.learners.is_empty() {
+            if s.role == "leader" && s.voters.len() == 3 && !s.membership_changing {
                 return Some(i);
             }
         }
