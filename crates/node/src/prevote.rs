@@ -50,6 +50,12 @@ pub const LEADER_SILENCE: Duration = Duration::from_millis(ELECTION_TIMEOUT_MAX_
 /// and split the vote.
 pub const PREVOTE_JITTER_MS: u64 = 300;
 
+/// How long a leader that lost its majority stands aside before it leads again if nobody else
+/// was elected (see [`leader_tick`]): twice a lease, well past the silence after which every
+/// follower that hears nothing from it asks for pre-votes ([`LEADER_SILENCE`] plus at most
+/// [`PREVOTE_JITTER_MS`]).
+pub const ASIDE_BEFORE_LEADING_AGAIN: Duration = Duration::from_millis(2 * ELECTION_TIMEOUT_MAX_MS);
+
 /// The `PreVote` question.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreVoteRequest {
@@ -79,7 +85,9 @@ impl PreVoter {
         let (leads, term) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
-            (m.state == ServerState::Leader, m.current_term)
+            // A leader standing aside has given up serving: it answers like a follower.
+            let leads = m.state == ServerState::Leader && !self.contact.is_aside();
+            (leads, m.current_term)
         };
         let peer = PeerView {
             leads,
@@ -147,6 +155,8 @@ pub async fn run(
     let mut was_leader = false;
     // No campaign before this instant: the previous one gets an election timeout to finish.
     let mut next_campaign = tokio::time::Instant::now();
+    // When this leader last stood aside.
+    let mut aside_since = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(PREVOTE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -173,16 +183,33 @@ pub async fn run(
             continue;
         };
         if was_leader {
-            // Check-quorum: a leader no majority acknowledges stands aside — it sends nothing
-            // more, so that the followers it still reaches fall silent and elect a leader the
-            // majority hears (it refuses every request meanwhile, see `replica::check_leader`).
-            let voters = peers.iter().map(|(id, _)| *id).chain(std::iter::once(node));
-            if !contact.is_aside() && !contact.leader_has_quorum(node, voters) {
-                tracing::warn!(
-                    "no majority acknowledged this leader for an election timeout: refusing \
-                     requests and standing aside so that the others can elect"
-                );
-                contact.stand_aside(true);
+            match leader_tick(contact.is_aside(), aside_since.elapsed()) {
+                LeaderTick::Lead => {
+                    // Check-quorum: a leader no majority acknowledges stands aside — it sends
+                    // nothing more, so that the followers it still reaches fall silent and
+                    // elect a leader the majority hears (it refuses every request meanwhile,
+                    // see `replica::check_leader`).
+                    let voters = peers.iter().map(|(id, _)| *id).chain(std::iter::once(node));
+                    if !contact.leader_has_quorum(node, voters) {
+                        tracing::warn!(
+                            "no majority acknowledged this leader for an election timeout: \
+                             refusing requests and standing aside so that the others can elect"
+                        );
+                        contact.stand_aside(true);
+                        aside_since = tokio::time::Instant::now();
+                    }
+                }
+                LeaderTick::StayAside => {}
+                LeaderTick::Resume => {
+                    tracing::warn!(
+                        aside_ms =
+                            u64::try_from(aside_since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "stood aside and no other leader was elected: leading again"
+                    );
+                    // A fresh grace for the quorum check, as after an election.
+                    contact.became_leader();
+                    contact.stand_aside(false);
+                }
             }
             continue;
         }
@@ -190,7 +217,7 @@ pub async fn run(
         let jitter = Duration::from_millis(rand::random_range(0..PREVOTE_JITTER_MS));
         // A single voter has nobody to wait for; others wait out their peers' leases.
         let waiting = !peers.is_empty() && silence < LEADER_SILENCE + jitter;
-        if was_leader || waiting || tokio::time::Instant::now() < next_campaign {
+        if waiting || tokio::time::Instant::now() < next_campaign {
             continue;
         }
         let request = PreVoteRequest {
@@ -226,6 +253,37 @@ pub async fn run(
         }
         let timeout = rand::random_range(ELECTION_TIMEOUT_MIN_MS..ELECTION_TIMEOUT_MAX_MS);
         next_campaign = tokio::time::Instant::now() + Duration::from_millis(timeout);
+    }
+}
+
+/// What a leader does at a tick of the pre-vote task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaderTick {
+    /// Lead, checking that a majority still acknowledges it.
+    Lead,
+    /// Go on standing aside: the followers may be electing someone.
+    StayAside,
+    /// Stop standing aside and lead again.
+    Resume,
+}
+
+/// A leader standing aside (`aside`, for `aside_for`) leads again once that lasted
+/// [`ASIDE_BEFORE_LEADING_AGAIN`] and it is still leader, i.e. no other leader was elected
+/// meanwhile. Without that a cluster can stay leaderless for good: when each follower's
+/// campaign is refused by the other (one campaigned in a later term with a shorter log while
+/// the other still heard this leader, so neither grants the other's pre-vote), nobody but this
+/// leader, whose log is the longest, can win; openraft 0.9 does not let a leader campaign, and
+/// an aside leader sends nothing, so it never hears the later term either (measured: snapshot
+/// builds on every replica at once starved the followers, the leader stood aside, and the
+/// cluster stayed without a leader for minutes). Leading again is safe: a leader the majority
+/// no longer follows cannot commit, and hears of a later term from its first append-entries.
+fn leader_tick(aside: bool, aside_for: Duration) -> LeaderTick {
+    if !aside {
+        LeaderTick::Lead
+    } else if aside_for >= ASIDE_BEFORE_LEADING_AGAIN {
+        LeaderTick::Resume
+    } else {
+        LeaderTick::StayAside
     }
 }
 
@@ -312,5 +370,27 @@ mod tests {
         assert!(!peer.grants(&behind));
         let later_term = PreVoteRequest { term: 5, ..request };
         assert!(peer.grants(&later_term));
+    }
+
+    /// A leader stands aside for `ASIDE_BEFORE_LEADING_AGAIN`, then leads again if it still is
+    /// the leader: without that a cluster whose followers refuse each other stays leaderless.
+    #[test]
+    fn a_leader_standing_aside_leads_again_if_nobody_else_was_elected() {
+        assert_eq!(
+            leader_tick(false, Duration::from_secs(60)),
+            LeaderTick::Lead
+        );
+        assert_eq!(
+            leader_tick(
+                true,
+                LEADER_SILENCE + Duration::from_millis(PREVOTE_JITTER_MS)
+            ),
+            LeaderTick::StayAside,
+            "every silent follower asks for pre-votes first"
+        );
+        assert_eq!(
+            leader_tick(true, ASIDE_BEFORE_LEADING_AGAIN),
+            LeaderTick::Resume
+        );
     }
 }
