@@ -2,7 +2,9 @@
 //! its own, and the state machine and snapshots on sled 0.34.
 //!
 //! One [`Storage`] per process owns a storage directory:
-//! - `<dir>/raft-wal/`: the Raft log ([`LogStore`]): entries, vote, committed marker and purge
+//! - `<dir>/raft-wal/`: the Raft log ([`LogStore`], generic over the group's openraft types
+//!   ([`LogTypes`]), so another group, the admin's, keeps its log the same way with
+//!   [`LogStore::open`]): entries, vote, committed marker and purge
 //!   point as CRC-framed records in append-only segment files (see `wal`). An append is one
 //!   `pwrite` by openraft's core task; a sync thread completes every append queued meanwhile
 //!   with one `fdatasync` (group commit) before openraft hears the entries are durable;
@@ -35,7 +37,7 @@ pub use metrics::describe_metrics;
 pub use snapshot::SnapshotBuilder;
 pub use state_machine::{SmReader, StateMachine};
 pub use types::{
-    ChangeScan, PartitionScan, PartitionState, Raft, RavelNode, ReadRefused, TypeConfig,
+    ChangeScan, LogTypes, PartitionScan, PartitionState, Raft, RavelNode, ReadRefused, TypeConfig,
 };
 pub use wal::{
     DEFAULT_CACHED_LOG_BYTES, DEFAULT_SEGMENT_BYTES, MAX_PENDING_SYNCS, WAL_DIR, WalOptions,

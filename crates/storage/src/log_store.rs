@@ -13,27 +13,40 @@
 //! append-only file in that order, so a crash leaves a prefix of them. This module must not
 //! read or write the state machine.
 
-use crate::error::{IntoRaft, Op, RaftStorageError};
-use crate::types::TypeConfig;
-use crate::wal::Wal;
+use crate::error::{IntoRaft, Op, RaftStorageError, StorageError};
+use crate::types::{LogTypes, TypeConfig};
+use crate::wal::{Wal, WalOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, Vote};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The Raft log store. Cloning gives another handle to the same log (used as the log reader).
+/// The Raft log store of a group whose types are `C` (the replicas' by default). Cloning gives
+/// another handle to the same log (used as the log reader).
 #[derive(Clone)]
-pub struct LogStore {
-    wal: Wal,
+pub struct LogStore<C: LogTypes = TypeConfig> {
+    wal: Wal<C>,
 }
 
-impl LogStore {
-    pub(crate) fn new(wal: Wal) -> Self {
+impl<C: LogTypes> LogStore<C> {
+    pub(crate) fn new(wal: Wal<C>) -> Self {
         Self { wal }
     }
 
-    pub(crate) fn wal(&self) -> &Wal {
+    /// Opens the log kept in `<dir>/raft-wal` on its own (no state machine next to it), creating
+    /// it empty first if there is none; `dir` is created if missing. Starts the WAL's sync
+    /// thread. This is how a group other than a replica's (the admin's) keeps its log.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<Self, StorageError> {
+        Ok(Self::new(Wal::open_or_create(dir, options)?))
+    }
+
+    /// Returns once everything written so far is durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.wal.sync().await
+    }
+
+    pub(crate) fn wal(&self) -> &Wal<C> {
         &self.wal
     }
 
@@ -66,11 +79,11 @@ fn index_range(start: Bound<u64>, end: Bound<u64>) -> Option<(u64, u64)> {
     (lo <= hi).then_some((lo, hi))
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: LogTypes> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, RaftStorageError> {
+    ) -> Result<Vec<Entry<C>>, RaftStorageError> {
         let Some((lo, hi)) = index_range(range.start_bound().cloned(), range.end_bound().cloned())
         else {
             return Ok(Vec::new());
@@ -86,10 +99,10 @@ impl LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C: LogTypes> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, RaftStorageError> {
         let (last_purged_log_id, last_log_id) = self.wal.log_state();
         Ok(LogState {
             last_purged_log_id,
@@ -125,10 +138,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: LogFlushed<C>,
     ) -> Result<(), RaftStorageError>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         // The callback fires from the WAL's sync thread once a sync covers these entries.

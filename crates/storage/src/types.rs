@@ -17,6 +17,21 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// The openraft type configurations whose Raft log this crate keeps ([`crate::LogStore`]):
+/// node ids are `u64` and entries are openraft's own (encoded with the crate's codec; openraft's
+/// `serde` feature makes every application type serializable), whose commands can be cloned (a
+/// cached entry is handed out as a copy). The replicas' [`TypeConfig`] is one; the admin's
+/// metadata group is another.
+pub trait LogTypes:
+    openraft::RaftTypeConfig<NodeId = u64, Entry = openraft::Entry<Self>, D: Clone>
+{
+}
+
+impl<C> LogTypes for C where
+    C: openraft::RaftTypeConfig<NodeId = u64, Entry = openraft::Entry<C>, D: Clone>
+{
+}
+
 /// A replica's two addresses, as carried in Raft membership. `ForwardToLeader` hands this to a
 /// caller, which is how the admin learns where the leader's gRPC service is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 
 use super::memlog::{MemLog, Slot};
 use super::record::{self, RecordKind};
-use super::{State, WAL_DIR, WAL_TMP_DIR, WalOptions, segment};
+use super::{State, WAL_DIR, WalOptions, create_atomically};
 use crate::codec::{self, RAFT_COMMITTED, RAFT_LAST_PURGED, RAFT_VOTE};
 use crate::error::StorageError;
 use crate::types::TypeConfig;
@@ -31,16 +31,8 @@ pub(crate) fn import_sled_log(
     let wal_dir = storage_dir.join(WAL_DIR);
     let mut imported = 0;
     if !wal_dir.exists() {
-        let tmp = storage_dir.join(WAL_TMP_DIR);
-        if tmp.exists() {
-            // A crash during an earlier import; the sled trees are still intact.
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir(&tmp)?;
-        imported = build(&tmp, log_tree, meta_tree, options)?;
-        segment::sync_dir(&tmp)?;
-        std::fs::rename(&tmp, &wal_dir)?;
-        segment::sync_dir(storage_dir)?;
+        // A temporary directory an earlier import left is removed: the sled trees are intact.
+        imported = create_atomically(storage_dir, |tmp| build(tmp, log_tree, meta_tree, options))?;
         if imported > 0 || !meta_tree.is_empty() {
             tracing::info!(
                 entries = imported,
@@ -75,7 +67,7 @@ fn build(
     meta_tree: &sled::Tree,
     options: &WalOptions,
 ) -> Result<u64, StorageError> {
-    let mut log = MemLog::new(options.cached_log_bytes);
+    let mut log = MemLog::<TypeConfig>::new(options.cached_log_bytes);
     log.vote = meta_tree
         .get(RAFT_VOTE)?
         .map(|bytes| codec::decode("vote", &bytes))
@@ -123,7 +115,7 @@ fn build(
 fn flush(
     dir: &Path,
     options: &WalOptions,
-    state: &mut State,
+    state: &mut State<TypeConfig>,
     batch: &mut Vec<u8>,
     staged: &mut Vec<(usize, usize, LogId<u64>)>,
 ) -> Result<(), StorageError> {

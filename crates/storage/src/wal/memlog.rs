@@ -16,7 +16,7 @@
 //! This module does no I/O.
 
 use crate::error::StorageError;
-use crate::types::TypeConfig;
+use crate::types::LogTypes;
 use openraft::{Entry, LogId, Vote};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -29,7 +29,7 @@ pub const DEFAULT_CACHED_LOG_BYTES: usize = 64 * 1024 * 1024;
 
 /// Where one live entry is.
 #[derive(Clone, Debug)]
-pub(crate) struct Slot {
+pub(crate) struct Slot<C: LogTypes> {
     pub(crate) log_id: LogId<u64>,
     /// Sequence number of the segment holding the record.
     pub(crate) seq: u64,
@@ -38,7 +38,7 @@ pub(crate) struct Slot {
     /// Length of the whole record, header included.
     pub(crate) len: u32,
     /// The decoded entry, while it is in the cached suffix.
-    pub(crate) entry: Option<Arc<Entry<TypeConfig>>>,
+    pub(crate) entry: Option<Arc<Entry<C>>>,
 }
 
 /// The log state at a segment's creation: everything needed to replay from that segment on.
@@ -53,14 +53,14 @@ pub(crate) struct SegmentHeader {
 }
 
 /// An entry to read: cached, or its location.
-pub(crate) enum Found {
-    Cached(Arc<Entry<TypeConfig>>),
-    At(Slot),
+pub(crate) enum Found<C: LogTypes> {
+    Cached(Arc<Entry<C>>),
+    At(Slot<C>),
 }
 
 #[derive(Default)]
-pub(crate) struct MemLog {
-    slots: VecDeque<Slot>,
+pub(crate) struct MemLog<C: LogTypes> {
+    slots: VecDeque<Slot<C>>,
     /// Index of `slots[0]`.
     first: u64,
     /// Slots from this index on carry their decoded entry.
@@ -74,7 +74,7 @@ pub(crate) struct MemLog {
     pub(crate) committed: Option<LogId<u64>>,
 }
 
-impl MemLog {
+impl<C: LogTypes> MemLog<C> {
     /// An empty log caching up to `cache_limit` record bytes of entries.
     pub(crate) fn new(cache_limit: usize) -> Self {
         Self {
@@ -180,7 +180,7 @@ impl MemLog {
     }
 
     /// Adds the next entry (checked with [`Self::check_next`] first).
-    pub(crate) fn push(&mut self, slot: Slot) -> Result<(), StorageError> {
+    pub(crate) fn push(&mut self, slot: Slot<C>) -> Result<(), StorageError> {
         self.check_next(slot.log_id.index)?;
         if self.slots.is_empty() {
             self.first = slot.log_id.index;
@@ -204,7 +204,7 @@ impl MemLog {
         }
     }
 
-    fn forget(&mut self, slot: &Slot) {
+    fn forget(&mut self, slot: &Slot<C>) {
         if slot.entry.is_some() {
             self.cached_bytes -= slot.len as usize;
         }
@@ -249,7 +249,7 @@ impl MemLog {
     }
 
     /// The live entries with index in `[lo, hi]`, cached or located.
-    pub(crate) fn find(&self, lo: u64, hi: u64) -> Vec<Found> {
+    pub(crate) fn find(&self, lo: u64, hi: u64) -> Vec<Found<C>> {
         let lo = lo.max(self.first);
         let hi = hi.min(self.end().saturating_sub(1));
         if self.slots.is_empty() || lo > hi {

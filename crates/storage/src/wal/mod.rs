@@ -56,7 +56,7 @@ pub use segment::WalSync;
 
 use crate::codec;
 use crate::error::StorageError;
-use crate::types::TypeConfig;
+use crate::types::LogTypes;
 use memlog::{Found, MemLog, SegmentHeader, Slot};
 use openraft::storage::LogFlushed;
 use openraft::{Entry, LogId, Vote};
@@ -131,14 +131,14 @@ struct Segment {
 }
 
 /// Something waiting for the next sync.
-enum Waiter {
+enum Waiter<C: LogTypes> {
     /// openraft's append callback.
-    Log(LogFlushed<TypeConfig>, OwnedSemaphorePermit),
+    Log(LogFlushed<C>, OwnedSemaphorePermit),
     /// A caller awaiting durability of everything written before it asked.
     Notify(oneshot::Sender<Result<(), String>>, OwnedSemaphorePermit),
 }
 
-impl Waiter {
+impl<C: LogTypes> Waiter<C> {
     fn complete(self, outcome: &Result<(), String>) {
         match self {
             Self::Log(callback, _permit) => {
@@ -153,29 +153,29 @@ impl Waiter {
 }
 
 /// Files and log state; guarded by one mutex, held only for in-memory work and `pwrite`.
-struct State {
-    log: MemLog,
+struct State<C: LogTypes> {
+    log: MemLog<C>,
     segments: BTreeMap<u64, Segment>,
     /// Write position in the tail segment.
     tail_len: u64,
-    pending: Vec<Waiter>,
+    pending: Vec<Waiter<C>>,
     poisoned: Option<String>,
     stopping: bool,
 }
 
-struct Shared {
+struct Shared<C: LogTypes> {
     dir: PathBuf,
     options: WalOptions,
-    state: Mutex<State>,
+    state: Mutex<State<C>>,
     /// Wakes the sync thread.
     wake: Condvar,
     permits: Arc<Semaphore>,
 }
 
 /// Stops the sync thread once the last `Wal` handle is gone.
-struct Owner(Arc<Shared>);
+struct Owner<C: LogTypes>(Arc<Shared<C>>);
 
-impl Drop for Owner {
+impl<C: LogTypes> Drop for Owner<C> {
     fn drop(&mut self) {
         self.0.lock().stopping = true;
         self.0.wake.notify_all();
@@ -184,13 +184,13 @@ impl Drop for Owner {
 
 /// A handle to the WAL. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Wal {
-    shared: Arc<Shared>,
-    _owner: Arc<Owner>,
+pub(crate) struct Wal<C: LogTypes> {
+    shared: Arc<Shared<C>>,
+    _owner: Arc<Owner<C>>,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl<C: LogTypes> Shared<C> {
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
         // A panic while holding the lock leaves the state unknown; poison the log instead.
         self.state.lock().unwrap_or_else(|poisoned| {
             let mut state = poisoned.into_inner();
@@ -206,9 +206,9 @@ fn unavailable(reason: &str) -> StorageError {
     StorageError::LogUnavailable(reason.to_string())
 }
 
-impl State {
+impl<C: LogTypes> State<C> {
     /// Creates a WAL holding only one segment with `log`'s state as its header.
-    fn create(dir: &Path, options: &WalOptions, log: MemLog) -> Result<Self, StorageError> {
+    fn create(dir: &Path, options: &WalOptions, log: MemLog<C>) -> Result<Self, StorageError> {
         let mut state = Self {
             log,
             segments: BTreeMap::new(),
@@ -230,7 +230,7 @@ impl State {
                 format!("{} holds no segment", dir.display()),
             ));
         };
-        let mut log: Option<MemLog> = None;
+        let mut log: Option<MemLog<C>> = None;
         let mut segments = BTreeMap::new();
         let mut tail_len = 0;
         for (seq, path) in listed {
@@ -404,11 +404,11 @@ fn read_header(bytes: &[u8], path: &Path) -> Result<(SegmentHeader, usize), Stor
 
 /// Applies the records of one segment from `at` to `log`; returns where the valid records end.
 /// Damage ends the tail segment there; in any other segment it is an error.
-fn replay(
+fn replay<C: LogTypes>(
     bytes: &[u8],
     mut at: usize,
     seq: u64,
-    log: &mut MemLog,
+    log: &mut MemLog<C>,
     path: &Path,
     is_tail: bool,
 ) -> Result<usize, StorageError> {
@@ -447,8 +447,8 @@ fn replay(
 }
 
 /// Applies one replayed record to the in-memory log.
-fn apply(
-    log: &mut MemLog,
+fn apply<C: LogTypes>(
+    log: &mut MemLog<C>,
     kind: RecordKind,
     payload: &[u8],
     seq: u64,
@@ -463,7 +463,7 @@ fn apply(
             ));
         }
         RecordKind::Entry => {
-            let entry: Entry<TypeConfig> = codec::decode("log entry", payload)?;
+            let entry: Entry<C> = codec::decode("log entry", payload)?;
             log.push(Slot {
                 log_id: entry.log_id,
                 seq,
@@ -504,14 +504,49 @@ fn repair_tail(
     Ok(())
 }
 
-impl Wal {
+/// Builds a new WAL with `build` in `<parent>/raft-wal.tmp` (removing one an earlier crash
+/// left), which must leave it durable, then renames it to `<parent>/raft-wal` and fsyncs
+/// `parent`: a crash at any point leaves either no WAL or a complete one.
+pub(crate) fn create_atomically<T>(
+    parent: &Path,
+    build: impl FnOnce(&Path) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let tmp = parent.join(WAL_TMP_DIR);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir(&tmp)?;
+    let built = build(&tmp)?;
+    segment::sync_dir(&tmp)?;
+    std::fs::rename(&tmp, parent.join(WAL_DIR))?;
+    segment::sync_dir(parent)?;
+    Ok(built)
+}
+
+impl<C: LogTypes> Wal<C> {
     /// Opens the WAL in `dir` (which must exist) and starts its sync thread.
     pub(crate) fn open(dir: &Path, options: WalOptions) -> Result<Self, StorageError> {
         let state = State::open(dir, &options)?;
         Self::start(dir, options, state)
     }
 
-    fn start(dir: &Path, options: WalOptions, state: State) -> Result<Self, StorageError> {
+    /// Opens the WAL in `<parent>/raft-wal`, creating `parent` and an empty WAL first if there
+    /// is none.
+    pub(crate) fn open_or_create(parent: &Path, options: WalOptions) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(parent)?;
+        let dir = parent.join(WAL_DIR);
+        if !dir.exists() {
+            create_atomically(parent, |tmp| {
+                let state =
+                    State::<C>::create(tmp, &options, MemLog::new(options.cached_log_bytes))?;
+                state.tail()?.1.file.sync_all()?;
+                Ok(())
+            })?;
+        }
+        Self::open(&dir, options)
+    }
+
+    fn start(dir: &Path, options: WalOptions, state: State<C>) -> Result<Self, StorageError> {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             options,
@@ -542,10 +577,10 @@ impl Wal {
     pub(crate) async fn append<I>(
         &self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: LogFlushed<C>,
     ) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>>,
+        I: IntoIterator<Item = Entry<C>>,
     {
         // Entries at or below the purge point are already covered by a snapshot: openraft
         // itself never appends them, but its conformance suite does, after the start-up purge
@@ -608,7 +643,7 @@ impl Wal {
         &self,
         kind: RecordKind,
         payload: &[u8],
-        update: impl FnOnce(&mut MemLog),
+        update: impl FnOnce(&mut MemLog<C>),
     ) -> Result<(), StorageError> {
         let shared = &self.shared;
         let mut state = shared.lock();
@@ -694,8 +729,8 @@ impl Wal {
     }
 
     /// The live entries with index in `[lo, hi]`.
-    pub(crate) fn read(&self, lo: u64, hi: u64) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        let found: Vec<(Found, Option<Arc<File>>)> = {
+    pub(crate) fn read(&self, lo: u64, hi: u64) -> Result<Vec<Entry<C>>, StorageError> {
+        let found: Vec<(Found<C>, Option<Arc<File>>)> = {
             let state = self.shared.lock();
             state
                 .log
@@ -774,12 +809,12 @@ impl Wal {
 }
 
 /// Reads one entry back from its segment, verifying the record's CRC and its log id.
-fn read_entry(file: &File, slot: &Slot) -> Result<Entry<TypeConfig>, StorageError> {
+fn read_entry<C: LogTypes>(file: &File, slot: &Slot<C>) -> Result<Entry<C>, StorageError> {
     let mut buf = vec![0; slot.len as usize];
     file.read_exact_at(&mut buf, slot.offset)?;
     let payload = record::verify(&buf, RecordKind::Entry)
         .map_err(|detail| StorageError::corrupt("log entry", detail))?;
-    let entry: Entry<TypeConfig> = codec::decode("log entry", payload)?;
+    let entry: Entry<C> = codec::decode("log entry", payload)?;
     if entry.log_id != slot.log_id {
         return Err(StorageError::corrupt(
             "log entry",
@@ -790,7 +825,7 @@ fn read_entry(file: &File, slot: &Slot) -> Result<Entry<TypeConfig>, StorageErro
 }
 
 /// The sync thread: one `fdatasync` per group of waiters, until the WAL is dropped.
-fn sync_loop(shared: &Shared) {
+fn sync_loop<C: LogTypes>(shared: &Shared<C>) {
     loop {
         let (waiters, target) = {
             let mut state = shared.lock();
