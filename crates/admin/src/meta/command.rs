@@ -42,7 +42,7 @@ pub enum MetaCommand {
 }
 
 /// What an applied command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaOutcome {
     Registered {
         node_id: NodeId,

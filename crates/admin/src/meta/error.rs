@@ -3,7 +3,7 @@
 use ravel_core::{ClusterId, NodeId, PartitionId, limits};
 
 /// A deterministic "no" from [`MetaState::apply`](super::MetaState::apply): nothing changed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum MetaRefusal {
     #[error("no cluster exists yet: start a replica with -l first")]
     NoCluster,

@@ -28,12 +28,14 @@
 //!
 //! Its parts: `state` (the records, `MetaState` and `apply`), `command` (commands and outcomes),
 //! `moves` (the move model, the planner and the move transitions), `error` (refusals and errors),
-//! `format` (the stored record's encoding and checks) and `store` (`MetaStore` on sled).
+//! `format` (the stored record's encoding and checks), `store` (`MetaStore` on sled) and `raft`
+//! (the same state machine for an admins' Raft group, not wired in yet).
 
 mod command;
 mod error;
 mod format;
 mod moves;
+pub mod raft;
 mod state;
 mod store;
 #[cfg(test)]
