@@ -7,8 +7,10 @@
 //!
 //! Snapshots carry the last applied log id, the group's membership and the encoded state (the
 //! same encoding `MetaStore` stores, format tag first); the state is small, so a snapshot is
-//! built in memory. The state machine keeps no file of its own: after a restart openraft
-//! re-applies the log from the last snapshot.
+//! built in memory. Not durable yet: the state and the current snapshot live in memory only,
+//! while openraft purges the log below a snapshot and does not reload a snapshot at start, so
+//! before this is wired in, each snapshot must be stored (next to the log, fsynced before the
+//! purge) and loaded back as the base state at start.
 
 use super::format::{decode, encode};
 use super::{MetaCommand, MetaOutcome, MetaRefusal, MetaState};
