@@ -959,14 +959,25 @@ async fn wait_membership_settled(state: &AdminState, p: PartitionId, record: &Mo
     }
 }
 
-/// Whether `cluster`'s leader (or, without one, the replica that answered) reports a
-/// membership change in progress.
+/// Whether `cluster`'s leader reports a membership change in progress; a cluster without a
+/// leader that answers counts as not changing. Every replica answers Status, so a reply from
+/// one that does not lead is passed back as "not leader" (with its hint): `call_leader` then
+/// asks the next replica and does not remember a follower as the leader.
 async fn membership_changing(state: &AdminState, cluster: ClusterId) -> bool {
     let answer = call_leader(state, cluster, |mut client| async move {
         let reply = client
             .status(control_request(StatusRequest {}, STATUS_DEADLINE_MS))
             .await?
             .into_inner();
+        if reply.role != "leader" {
+            let not_leader = NodeError {
+                kind: Kind::NotLeader as i32,
+                message: format!("replica {} is {}", reply.node_id, reply.role),
+                leader_id: reply.leader_id,
+                ..NodeError::default()
+            };
+            return Ok((false, Some(not_leader)));
+        }
         Ok((reply.membership_changing, None))
     })
     .await;
@@ -1246,6 +1257,8 @@ mod tests {
         churn: Mutex<u32>,
         /// Report a membership change in progress to this many Status calls first.
         membership_changing: Mutex<u32>,
+        /// Answer Status as a follower (with no leader known) rather than as the leader.
+        follower: Mutex<bool>,
     }
 
     fn wrong_owner(why: &str) -> Option<NodeError> {
@@ -1281,7 +1294,7 @@ mod tests {
             Ok(Response::new(StatusReply {
                 node_id: self.node,
                 cluster_id: self.cluster,
-                role: "leader".into(),
+                role: if *lock(&self.follower) { "follower" } else { "leader" }.into(),
                 term: 1,
                 membership_changing,
                 ..StatusReply::default()
@@ -1626,6 +1639,21 @@ mod tests {
             .filter(|op| op.starts_with("Status"))
             .count();
         assert_eq!(changing_before_freeze, 3, "{source_ops:?}");
+    }
+
+    /// A replica that answers Status as a follower is neither believed about the membership nor
+    /// remembered as its cluster's leader.
+    #[tokio::test]
+    async fn a_follower_answering_status_is_not_taken_for_the_leader() {
+        let s = setup(1).await;
+        *lock(&s.source.follower) = true;
+        *lock(&s.source.membership_changing) = 1;
+        s.state.pool.forget_leader(1, 1);
+        assert!(!membership_changing(&s.state, 1).await);
+        assert_eq!(s.state.pool.leader(1), None);
+        *lock(&s.source.follower) = false;
+        assert!(!membership_changing(&s.state, 1).await, "the one 'changing' answer was used up");
+        assert_eq!(s.state.pool.leader(1), Some(1));
     }
 
     /// A source holding more than one PURGE entry's worth of keys is purged in entries of at
