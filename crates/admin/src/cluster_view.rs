@@ -245,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn readiness_reasons() {
         let dir = tempfile::tempdir().unwrap();
-        let state = AdminState::new(MetaStore::open(dir.path(), Some(8)).unwrap());
+        let state = AdminState::new(MetaStore::open(dir.path(), Some(8)).await.unwrap());
         assert!(readiness(&state).unwrap_err().contains("no cluster"));
 
         state.meta.execute(register(1, true)).await.unwrap();
@@ -265,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn view_marks_unreachable_replicas() {
         let dir = tempfile::tempdir().unwrap();
-        let state = AdminState::new(MetaStore::open(dir.path(), Some(8)).unwrap());
+        let state = AdminState::new(MetaStore::open(dir.path(), Some(8)).await.unwrap());
         // Addresses of listeners we bind and drop, so nothing answers there.
         for token in [1, 2] {
             let free = std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,8 +4,8 @@
 //! HTTP API, and routes each request over gRPC to the leader of the cluster that owns the key.
 //!
 //! Module map (each module's own doc says more):
-//! - [`meta`]: the admin's metadata as one deterministic state machine (`MetaState::apply`) with a
-//!   durable store behind it; the one interface a replicated admin would later put on Raft.
+//! - [`meta`]: the admin's metadata as one deterministic state machine (`MetaState::apply`),
+//!   replicated and persisted by the admins' Raft group (a single admin is a group of one).
 //! - [`pool`]: pooled gRPC channels per node and the leader cache per cluster.
 //! - [`node_api`]: the gRPC service replicas call (register, leader reports, removal).
 //! - [`placement`]: pushes the partition assignment to clusters and finds their leaders.
@@ -162,10 +162,22 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
         max_concurrent_moves,
         move_retry_backoff_ms,
     } = config;
-    let path = backup_path.clone();
-    let meta = tokio::task::spawn_blocking(move || meta::MetaStore::open(&path, partitions))
+    // Both ports are bound before anything else, so a taken port fails the start at once.
+    let grpc_listener = bind("admin gRPC", grpc).await?;
+    let http_listener = bind("HTTP", http).await?;
+    let addrs = AdminAddrs {
+        grpc: grpc_listener.local_addr().unwrap_or(grpc).to_string(),
+        http: http_listener.local_addr().unwrap_or(http).to_string(),
+    };
+    let options = meta::MetaOptions {
+        node: meta::raft::AdminNode {
+            grpc_addr: addrs.grpc.clone(),
+            http_addr: addrs.http.clone(),
+        },
+        ..meta::MetaOptions::new(partitions)
+    };
+    let meta = meta::MetaStore::open_with(&backup_path, options)
         .await
-        .map_err(|e| AdminError::Task(e.to_string()))?
         .map_err(|source| AdminError::Meta {
             path: backup_path.clone(),
             source,
@@ -184,16 +196,10 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
         );
     }
 
-    // Both ports are bound before anything is served, so a taken port fails the start at once.
-    let grpc_listener = bind("admin gRPC", grpc).await?;
-    let http_listener = bind("HTTP", http).await?;
     tracing::info!(%grpc, %http, "admin listening");
 
     let state: SharedState = Arc::new(AdminState {
-        addrs: AdminAddrs {
-            grpc: grpc_listener.local_addr().unwrap_or(grpc).to_string(),
-            http: http_listener.local_addr().unwrap_or(http).to_string(),
-        },
+        addrs,
         ..AdminState::new(meta)
     });
     // Stops every task when `shutdown` is cancelled or when one server fails.
@@ -253,6 +259,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     if let Err(e) = mover.await {
         tracing::error!(error = %e, "mover task failed");
     }
+    state.meta.close().await;
     grpc_result.map_err(|e| AdminError::Task(e.to_string()))??;
     http_result
         .map_err(|e| AdminError::Task(e.to_string()))?

@@ -1518,7 +1518,7 @@ mod tests {
     async fn setup(keys: u64) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let state: SharedState = Arc::new(AdminState::new(
-            MetaStore::open(dir.path(), Some(8)).unwrap(),
+            MetaStore::open(dir.path(), Some(8)).await.unwrap(),
         ));
         let stop = CancellationToken::new();
         let source = Arc::new(FakeCluster {

@@ -345,10 +345,10 @@ mod tests {
     use crate::meta::MetaStore;
     use std::sync::Arc;
 
-    fn api() -> (tempfile::TempDir, NodeApi) {
+    async fn api() -> (tempfile::TempDir, NodeApi) {
         let dir = tempfile::tempdir().unwrap();
         let state = Arc::new(AdminState::new(
-            MetaStore::open(dir.path(), Some(8)).unwrap(),
+            MetaStore::open(dir.path(), Some(8)).await.unwrap(),
         ));
         (dir, NodeApi::new(state))
     }
@@ -366,7 +366,7 @@ mod tests {
     /// cluster is visible through ClusterInfo with the reported leader.
     #[tokio::test]
     async fn register_and_cluster_info() {
-        let (_dir, api) = api();
+        let (_dir, api) = api().await;
         let err = api.register(reg(1, false)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.message().contains("-l"));
@@ -416,7 +416,7 @@ mod tests {
     /// network call either way; an unknown replica is not_found.
     #[tokio::test]
     async fn remove_last_replica() {
-        let (_dir, api) = api();
+        let (_dir, api) = api().await;
         api.register(reg(1, true)).await.unwrap();
         api.state.meta.ensure_has_data().await.unwrap();
         let remove = |force| Request::new(RemoveReplicaRequest { node_id: 1, force });

@@ -455,7 +455,7 @@ mod tests {
     async fn placement_and_removal_reach_the_leader() {
         let dir = tempfile::tempdir().unwrap();
         let state = Arc::new(AdminState::new(
-            MetaStore::open(dir.path(), Some(8)).unwrap(),
+            MetaStore::open(dir.path(), Some(8)).await.unwrap(),
         ));
         let stop = CancellationToken::new();
         let calls = Arc::new(Mutex::new(Vec::new()));

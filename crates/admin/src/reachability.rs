@@ -152,7 +152,7 @@ mod tests {
     async fn probe_keeps_the_mark_while_nothing_answers() {
         let dir = tempfile::tempdir().unwrap();
         let state = Arc::new(AdminState::new(
-            MetaStore::open(dir.path(), Some(8)).unwrap(),
+            MetaStore::open(dir.path(), Some(8)).await.unwrap(),
         ));
         // A port nobody listens on.
         let free = std::net::TcpListener::bind("127.0.0.1:0")

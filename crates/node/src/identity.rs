@@ -6,7 +6,6 @@
 //! `DIR/node.pid` (the running process). This module must not talk to the network.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ravel_core::{ClusterId, NodeId};
@@ -97,20 +96,8 @@ pub fn remove_pid(dir: &Path) {
 }
 
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), NodeError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let target = dir.join(name);
-    let ctx = |what: &str| format!("{what} {}", target.display());
-    let mut file = fs::File::create(&tmp).map_err(|e| NodeError::io(ctx("creating"), e))?;
-    file.write_all(bytes)
-        .map_err(|e| NodeError::io(ctx("writing"), e))?;
-    file.sync_all()
-        .map_err(|e| NodeError::io(ctx("fsyncing"), e))?;
-    drop(file);
-    fs::rename(&tmp, &target).map_err(|e| NodeError::io(ctx("renaming into"), e))?;
-    // The rename is only durable once the directory entry is.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| NodeError::io(format!("fsyncing directory {}", dir.display()), e))
+    ravel_storage::write_file_atomically(dir, name, bytes)
+        .map_err(|e| NodeError::io(format!("writing {}", dir.join(name).display()), e))
 }
 
 #[cfg(test)]

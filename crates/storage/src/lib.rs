@@ -22,6 +22,7 @@
 //! This crate must not know about gRPC, HTTP or the admin; it stores and applies, nothing more.
 
 mod codec;
+mod durable_file;
 mod error;
 mod flusher;
 mod log_store;
@@ -31,6 +32,7 @@ mod state_machine;
 mod types;
 mod wal;
 
+pub use durable_file::write_file_atomically;
 pub use error::StorageError;
 pub use log_store::LogStore;
 pub use metrics::describe_metrics;

@@ -86,7 +86,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_bodies_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let app = app(test_state(dir.path()));
+        let app = app(test_state(dir.path()).await);
         let req = axum::http::Request::builder()
             .method("POST")
             .uri("/put")

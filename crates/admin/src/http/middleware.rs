@@ -68,7 +68,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_count_requests() {
         let dir = tempfile::tempdir().unwrap();
-        let app = app(test_state(dir.path()));
+        let app = app(test_state(dir.path()).await);
         let _ = call(&app, "GET", "/livez", "").await;
         let req = axum::http::Request::builder()
             .uri("/metrics")

@@ -100,7 +100,7 @@ mod tests {
     #[tokio::test]
     async fn dashboard_is_served_with_types_and_a_strict_policy() {
         let dir = tempfile::tempdir().unwrap();
-        let app = app(test_state(dir.path()));
+        let app = app(test_state(dir.path()).await);
         let cases = [
             (
                 "/ui",
@@ -157,7 +157,7 @@ mod tests {
     #[tokio::test]
     async fn dashboard_is_self_contained_and_never_parses_data_as_html() {
         let dir = tempfile::tempdir().unwrap();
-        let app = app(test_state(dir.path()));
+        let app = app(test_state(dir.path()).await);
         let (_, _, page) = get_text(&app, "/ui").await;
         let (_, _, script) = get_text(&app, "/ui/dashboard.js").await;
         let (_, _, style) = get_text(&app, "/ui/dashboard.css").await;
@@ -210,7 +210,7 @@ mod tests {
     #[tokio::test]
     async fn routes_methods_and_no_cluster() {
         let dir = tempfile::tempdir().unwrap();
-        let app = app(test_state(dir.path()));
+        let app = app(test_state(dir.path()).await);
 
         let (s, j, _) = call(&app, "GET", "/put", "").await;
         assert_eq!((s, j["code"].as_str()), (405, Some("method_not_allowed")));

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// An admin state with no cluster, backed by a fresh directory.
-pub(super) fn test_state(dir: &std::path::Path) -> SharedState {
+pub(super) async fn test_state(dir: &std::path::Path) -> SharedState {
     Arc::new(crate::AdminState::new(
-        crate::meta::MetaStore::open(dir, Some(8)).unwrap(),
+        crate::meta::MetaStore::open(dir, Some(8)).await.unwrap(),
     ))
 }
 
@@ -29,7 +29,7 @@ pub(super) async fn start_test_server() -> (
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();
-    let server = tokio::spawn(serve_http(listener, test_state(dir.path()), token.clone()));
+    let server = tokio::spawn(serve_http(listener, test_state(dir.path()).await, token.clone()));
     (dir, addr, token, server)
 }
 

@@ -62,6 +62,15 @@ pub enum MetaError {
     InvalidPartitions { given: u32 },
     #[error("metadata background task failed: {0}")]
     Task(String),
+    #[error("metadata log error: {0}")]
+    Log(String),
+    #[error("the admins' Raft group failed: {0}")]
+    Raft(String),
+    #[error("this admin does not lead the admins' group (leader: {leader_id:?})")]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader: Option<super::raft::AdminNode>,
+    },
 }
 
 impl MetaError {
@@ -78,6 +87,9 @@ impl MetaError {
             Self::PartitionsFixed { .. } => "partitions_fixed",
             Self::InvalidPartitions { .. } => "invalid_partitions",
             Self::Task(_) => "meta_task",
+            Self::Log(_) => "meta_log",
+            Self::Raft(_) => "meta_raft",
+            Self::NotLeader { .. } => "not_admin_leader",
         }
     }
 }

@@ -2,14 +2,14 @@
 //! machine, with a durable store behind it.
 //!
 //! Every change is a [`MetaCommand`] applied by [`MetaState::apply`]: pure, no I/O, no clock, no
-//! randomness, no hash-map iteration. That is the seam a replicated admin would put on Raft later:
-//! the commands would become log entries and `apply` the state machine, unchanged.
+//! randomness, no hash-map iteration. That makes it the state machine of the admins' Raft
+//! group (`raft`): each command is a log entry, and every admin applies the same entries to the
+//! same state.
 //!
-//! [`MetaStore`] runs commands one at a time under a lock: it clones the current state, applies
-//! the command, writes the whole serialized state to sled, forces it to disk (sled's `flush()` is
-//! only `sync_file_range` on Linux, so a real `fsync` of sled's data file follows), and only then
-//! publishes the new state. Nothing is acknowledged, and no reader sees a state, before it is
-//! durable. A restart therefore reloads exactly the last published state.
+//! [`MetaStore`] proposes each command to the group and answers once it is committed (durable
+//! on a majority) and applied here; the applied state is published as one `Arc` swap, so no
+//! reader sees a state before it is durable. A restart rebuilds exactly the applied state from
+//! the last snapshot and the log after it. A single admin is a group of one.
 //!
 //! # Two regimes, and migration
 //!
@@ -28,8 +28,9 @@
 //!
 //! Its parts: `state` (the records, `MetaState` and `apply`), `command` (commands and outcomes),
 //! `moves` (the move model, the planner and the move transitions), `error` (refusals and errors),
-//! `format` (the stored record's encoding and checks), `store` (`MetaStore` on sled) and `raft`
-//! (the same state machine for an admins' Raft group, not wired in yet).
+//! `format` (the state's encoding and checks), `raft` (the group's types, log entry and state
+//! machine), `store` (`MetaStore`: the group, opened and driven) and `transport` (how the
+//! group's Raft reaches other admins).
 
 mod command;
 mod error;
@@ -38,6 +39,7 @@ mod moves;
 pub mod raft;
 mod state;
 mod store;
+mod transport;
 #[cfg(test)]
 mod test_support;
 
@@ -45,4 +47,4 @@ pub use command::{MetaCommand, MetaOutcome};
 pub use error::{MetaError, MetaRefusal};
 pub use moves::{MoveRecord, MoveStep, PlannedMove, plan_moves};
 pub use state::{ClusterRecord, MetaState, ReplicaRecord};
-pub use store::MetaStore;
+pub use store::{DEFAULT_SNAPSHOT_EVERY, MetaOptions, MetaStore, admin_id_of};

@@ -1,164 +1,300 @@
-//! [`MetaStore`], the durable home of the state: sled-backed, one command at a time, each
-//! persisted and fsynced before it is published.
+//! [`MetaStore`], the durable home of the state: the admins' Raft group (openraft on the
+//! replicas' WAL, see [`super::raft`]); a single admin is a group of one. A command is
+//! acknowledged once it is committed (durable on a majority of the group) and applied here.
+//!
+//! Layout of the metadata directory: `raft/raft-wal/` (the log), `raft/meta-snapshot` (the
+//! last snapshot), `admin-id` (this admin's id in the group, chosen at its first start). A
+//! directory written by an admin from before the Raft group holds the state in sled (`conf`,
+//! `db`); it is upgraded in place: that state becomes the group's base entry, and the sled
+//! files are left as they were, unused.
 
 use super::format::{decode, encode};
+use super::raft::{AdminNode, AdminTypes, Applied, MetaEntry, MetaStateMachine, Published};
 use super::{MetaCommand, MetaError, MetaOutcome, MetaState};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, Raft, SnapshotPolicy};
 use ravel_core::limits;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use ravel_storage::{LogStore, WalOptions};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Name of the sled tree holding the metadata.
-const META_TREE: &str = "meta";
+/// Name of the sled tree an admin from before the Raft group kept its metadata in.
+const LEGACY_TREE: &str = "meta";
 
-/// Key of the one record holding the whole serialized [`MetaState`].
-const STATE_KEY: &[u8] = b"state";
+/// Key of the one record of that tree holding the whole serialized [`MetaState`].
+const LEGACY_STATE_KEY: &[u8] = b"state";
 
-/// sled 0.34's data file inside its directory; fsynced by hand because sled's own flush is not a
-/// full fsync on Linux: it ends in `sync_file_range`, which flushes neither the drive's write
-/// cache nor a grown file size (the storage crate's `flusher` module says more). Tied to sled's
-/// file layout, pinned `=0.34.7`.
-const SLED_DATA_FILE: &str = "db";
+/// sled's configuration file: present in a directory that admin wrote.
+const LEGACY_SLED_CONF: &str = "conf";
+
+/// The group's Raft directory inside the metadata directory.
+const RAFT_DIR: &str = "raft";
+
+/// File holding this admin's id in the group.
+const ADMIN_ID_FILE: &str = "admin-id";
+
+/// A WAL segment of the admins' log: metadata entries are small and rare.
+const ADMIN_WAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Entries between snapshots of the metadata (each snapshot is the whole state, a few KB).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000;
+
+/// How long opening waits for a group of one to elect itself and apply its log.
+const OPEN_LEADER_WAIT_MS: u64 = 30_000;
+
+/// Raft timing of the admins' group, as the replicas' groups use.
+const HEARTBEAT_INTERVAL_MS: u64 = 100;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+
+/// How to open the metadata.
+#[derive(Clone, Debug)]
+pub struct MetaOptions {
+    /// The partition count of a new store (`--partitions`); fixed afterwards.
+    pub partitions: Option<u32>,
+    /// This admin's addresses, as the group's membership records them.
+    pub node: AdminNode,
+    /// Entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl MetaOptions {
+    /// Options for a new store of `partitions` partitions (or the default), unknown addresses.
+    #[must_use]
+    pub fn new(partitions: Option<u32>) -> Self {
+        Self {
+            partitions,
+            node: AdminNode::default(),
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+        }
+    }
+}
 
 /// The durable home of [`MetaState`]. One per admin process.
 pub struct MetaStore {
-    db: sled::Db,
-    tree: sled::Tree,
-    dir: PathBuf,
-    current: RwLock<Arc<MetaState>>,
-    /// Mirrors `current().has_data` for the per-write fast path of [`Self::ensure_has_data`].
-    has_data: AtomicBool,
-    /// Serialises commands: one clone-apply-persist-publish at a time.
-    write: tokio::sync::Mutex<()>,
-    /// The epoch of the published table, for [`Self::table_changed_from`].
-    table_epoch: tokio::sync::watch::Sender<u64>,
+    raft: Raft<AdminTypes>,
+    id: u64,
+    published: Arc<Published>,
+}
+
+/// This admin's id in the group: the one stored in `dir`, or a new one derived from its gRPC
+/// address (so that every admin of a group computes the same ids from the same addresses).
+fn admin_id(dir: &Path, node: &AdminNode) -> Result<u64, MetaError> {
+    match std::fs::read_to_string(dir.join(ADMIN_ID_FILE)) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| MetaError::Corrupt(format!("{ADMIN_ID_FILE} holds {text:?}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = admin_id_of(&node.grpc_addr);
+            ravel_storage::write_file_atomically(dir, ADMIN_ID_FILE, id.to_string().as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The id an admin serving gRPC on `grpc_addr` takes when it first starts: never 0.
+#[must_use]
+pub fn admin_id_of(grpc_addr: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(grpc_addr.as_bytes()).max(1)
+}
+
+/// The state an admin from before the Raft group stored in `dir`, if it did. Blocking.
+fn load_legacy(dir: &Path) -> Result<Option<MetaState>, MetaError> {
+    if !dir.join(LEGACY_SLED_CONF).exists() {
+        return Ok(None);
+    }
+    let db = sled::Config::new().path(dir).open()?;
+    let stored = db.open_tree(LEGACY_TREE)?.get(LEGACY_STATE_KEY)?;
+    let Some(bytes) = stored else {
+        return Ok(None);
+    };
+    let state = decode(&bytes)?;
+    state.validate()?;
+    Ok(Some(state))
+}
+
+/// What opening found on disk.
+struct OnDisk {
+    log: LogStore<AdminTypes>,
+    /// The last snapshot, or the unbased start (legacy state or a new store).
+    applied: Applied,
+    id: u64,
+}
+
+fn open_disk(dir: &Path, options: &MetaOptions) -> Result<OnDisk, MetaError> {
+    std::fs::create_dir_all(dir)?;
+    let raft_dir = dir.join(RAFT_DIR);
+    let wal = WalOptions {
+        segment_bytes: ADMIN_WAL_SEGMENT_BYTES,
+        ..WalOptions::default()
+    };
+    let log = LogStore::<AdminTypes>::open(&raft_dir, wal).map_err(|e| MetaError::Log(e.to_string()))?;
+    let applied = match super::raft::load_snapshot(&raft_dir)? {
+        Some(snapshot) => snapshot,
+        None => {
+            let base = match load_legacy(dir)? {
+                Some(legacy) => {
+                    tracing::info!(path = %dir.display(), "upgrading the admin metadata to a Raft group");
+                    legacy
+                }
+                None => MetaState::new(options.partitions.unwrap_or(limits::DEFAULT_PARTITIONS)),
+            };
+            Applied::unbased(base)
+        }
+    };
+    let id = admin_id(dir, &options.node)?;
+    Ok(OnDisk { log, applied, id })
+}
+
+fn raft_config(snapshot_every: u64) -> Result<Config, MetaError> {
+    let config = Config {
+        cluster_name: "ravel-admins".into(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every / 2,
+        ..Config::default()
+    };
+    config
+        .validate()
+        .map_err(|e| MetaError::Raft(format!("configuration: {e}")))
+}
+
+fn raft_error(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Raft(e.to_string())
 }
 
 impl MetaStore {
-    /// Opens (or creates) the metadata in directory `dir`. Blocking: call it at startup or from
-    /// `spawn_blocking`.
+    /// Opens (or creates) the metadata of a single admin in directory `dir`.
     ///
     /// On the first start the partition count is `partitions` or
     /// [`limits::DEFAULT_PARTITIONS`], and is stored at once; later starts must not ask for a
     /// different one.
-    pub fn open(dir: &Path, partitions: Option<u32>) -> Result<Self, MetaError> {
-        if let Some(given) = partitions
+    pub async fn open(dir: &Path, partitions: Option<u32>) -> Result<Self, MetaError> {
+        Self::open_with(dir, MetaOptions::new(partitions)).await
+    }
+
+    /// Opens (or creates) the metadata in `dir` as a group of one, waits until this admin
+    /// leads it and has applied its whole log, and checks the partition count.
+    pub async fn open_with(dir: &Path, options: MetaOptions) -> Result<Self, MetaError> {
+        if let Some(given) = options.partitions
             && !(1..=limits::MAX_PARTITIONS).contains(&given)
         {
             return Err(MetaError::InvalidPartitions { given });
         }
-        std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new().path(dir).open()?;
-        let tree = db.open_tree(META_TREE)?;
-        let stored = tree.get(STATE_KEY)?.map(|b| decode(&b)).transpose()?;
-        let state = match stored {
-            Some(state) => {
-                state.validate()?;
-                if let Some(given) = partitions
-                    && given != state.partitions
-                {
-                    return Err(MetaError::PartitionsFixed {
-                        stored: state.partitions,
-                        given,
-                    });
-                }
-                state
-            }
-            None => {
-                let state = MetaState::new(partitions.unwrap_or(limits::DEFAULT_PARTITIONS));
-                persist_blocking(&db, &tree, dir, &encode(&state)?)?;
-                // The directory entries sled just created must survive a power loss too.
-                std::fs::File::open(dir)?.sync_all()?;
-                state
-            }
+        let OnDisk { log, applied, id } = {
+            let (dir, options) = (dir.to_path_buf(), options.clone());
+            tokio::task::spawn_blocking(move || open_disk(&dir, &options))
+                .await
+                .map_err(|e| MetaError::Task(e.to_string()))??
         };
-        Ok(Self {
-            table_epoch: tokio::sync::watch::Sender::new(state.table.epoch),
-            has_data: AtomicBool::new(state.has_data),
-            current: RwLock::new(Arc::new(state)),
-            db,
-            tree,
-            dir: dir.to_path_buf(),
-            write: tokio::sync::Mutex::new(()),
-        })
+        let base = encode(&applied.state)?;
+        let sm = MetaStateMachine::durable(applied, &dir.join(RAFT_DIR));
+        let published = sm.published();
+        let config = Arc::new(raft_config(options.snapshot_every)?);
+        let raft = Raft::new(id, config, super::transport::Network, log, sm)
+            .await
+            .map_err(raft_error)?;
+        let store = Self {
+            raft,
+            id,
+            published,
+        };
+        if let Err(e) = store.start_alone(options, base).await {
+            store.close().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Makes this admin the leader of its group of one (forming the group on the first start),
+    /// proposes the base state if the group has none yet, waits for the whole log to apply and
+    /// checks the partition count against `options`.
+    async fn start_alone(&self, options: MetaOptions, base: Vec<u8>) -> Result<(), MetaError> {
+        if !self.raft.is_initialized().await.map_err(raft_error)? {
+            let members = BTreeMap::from([(self.id, options.node.clone())]);
+            self.raft.initialize(members).await.map_err(raft_error)?;
+        }
+        let id = self.id;
+        self.raft
+            .wait(Some(Duration::from_millis(OPEN_LEADER_WAIT_MS)))
+            .metrics(|m| m.current_leader == Some(id), "this admin leads its group")
+            .await
+            .map_err(raft_error)?;
+        if !self.published.based() {
+            self.raft
+                .client_write(MetaEntry::Base(base))
+                .await
+                .map_err(raft_error)?;
+        }
+        self.raft.ensure_linearizable().await.map_err(raft_error)?;
+        let state = self.current();
+        if let Some(given) = options.partitions
+            && given != state.partitions
+        {
+            return Err(MetaError::PartitionsFixed {
+                stored: state.partitions,
+                given,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops the group's Raft (its log is durable already). Call before dropping the store.
+    pub async fn close(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "the admins' Raft did not stop cleanly");
+        }
     }
 
     /// The current state; cheap (an Arc clone), never blocks on I/O.
     pub fn current(&self) -> Arc<MetaState> {
-        // A poisoned lock still holds a whole, published Arc: writers only swap the pointer.
-        match self.current.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.published.current()
     }
 
-    /// Applies `cmd` and returns once the new state is durable and published. A refusal
-    /// ([`MetaError::Refused`]) changes nothing. On an I/O error the new state is not published;
-    /// whether it reached the disk is unknown (it is complete either way: one record).
+    /// Applies `cmd` through the group and returns once it is committed and applied here. A
+    /// refusal ([`MetaError::Refused`]) changes nothing. On any other error whether the command
+    /// was committed is unknown.
     pub async fn execute(&self, cmd: MetaCommand) -> Result<MetaOutcome, MetaError> {
-        let _guard = self.write.lock().await;
-        let old = self.current();
-        let mut next = (*old).clone();
-        let outcome = next.apply(cmd)?;
-        if next == *old {
-            // Nothing to write (e.g. a repeated registration): the old state is already durable.
-            return Ok(outcome);
+        let written = self.raft.client_write(MetaEntry::Command(cmd)).await;
+        match written {
+            Ok(response) => match response.data {
+                Some(Ok(outcome)) => Ok(outcome),
+                Some(Err(refusal)) => Err(MetaError::Refused(refusal)),
+                None => Err(MetaError::Raft("a command was applied without an outcome".into())),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(MetaError::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader: forward.leader_node,
+                })
+            }
+            Err(e) => Err(raft_error(e)),
         }
-        let bytes = encode(&next)?;
-        let (db, tree, dir) = (self.db.clone(), self.tree.clone(), self.dir.clone());
-        tokio::task::spawn_blocking(move || persist_blocking(&db, &tree, &dir, &bytes))
-            .await
-            .map_err(|e| MetaError::Task(e.to_string()))??;
-        let has_data = next.has_data;
-        let epoch = next.table.epoch;
-        let next = Arc::new(next);
-        match self.current.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
-        self.table_epoch.send_if_modified(|published| {
-            let changed = *published != epoch;
-            *published = epoch;
-            changed
-        });
-        if has_data {
-            self.has_data.store(true, Ordering::Release);
-        }
-        Ok(outcome)
     }
 
     /// Resolves once the published table's epoch is not `epoch` (at once if it already is not):
     /// a request refused because its partition moved waits here for the switch.
     pub async fn table_changed_from(&self, epoch: u64) {
-        let mut published = self.table_epoch.subscribe();
-        // The sender lives as long as `self`, so the wait cannot fail while we are borrowed.
-        let _ = published.wait_for(|e| *e != epoch).await;
+        self.published.table_changed_from(epoch).await;
     }
 
     /// Makes sure `has_data` is true and durable before the first write is routed (fast path: an
-    /// atomic check; slow path: persist under the meta lock, which also serialises it with table
-    /// changes). Returns an error only if persisting failed.
+    /// atomic check; slow path: a command through the group). Returns an error only if the
+    /// command failed.
     pub async fn ensure_has_data(&self) -> Result<(), MetaError> {
-        if self.has_data.load(Ordering::Acquire) {
+        if self.published.has_data() {
             return Ok(());
         }
         self.execute(MetaCommand::MarkHasData).await.map(|_| ())
     }
-}
-
-/// Writes the state record and forces it to stable storage: sled's flush, then an fsync of
-/// sled's data file (sled's flush is `sync_file_range`, which survives a crash but not a power
-/// loss). Blocking.
-fn persist_blocking(
-    db: &sled::Db,
-    tree: &sled::Tree,
-    dir: &Path,
-    bytes: &[u8],
-) -> Result<(), MetaError> {
-    tree.insert(STATE_KEY, bytes)?;
-    db.flush()?;
-    std::fs::File::open(dir.join(SLED_DATA_FILE))?.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -176,7 +312,7 @@ mod tests {
     async fn persistence_round_trip_and_fixed_partitions() {
         let dir = tempfile::tempdir().unwrap();
         let expected = {
-            let store = MetaStore::open(dir.path(), Some(16)).unwrap();
+            let store = MetaStore::open(dir.path(), Some(16)).await.unwrap();
             store.execute(register(1, true)).await.unwrap();
             store.execute(register(2, false)).await.unwrap();
             store.ensure_has_data().await.unwrap();
@@ -188,20 +324,21 @@ mod tests {
                 })
                 .await;
             assert!(err.is_ok(), "cluster 1 has another replica: {err:?}");
+            store.close().await;
             (*store.current()).clone()
         };
         assert!(expected.has_data);
 
-        let reopened = MetaStore::open(dir.path(), None).unwrap();
+        let reopened = MetaStore::open(dir.path(), None).await.unwrap();
         assert_eq!(*reopened.current(), expected);
         // The fast path is primed from the loaded state.
-        assert!(reopened.has_data.load(Ordering::Acquire));
-        drop(reopened);
+        assert!(reopened.published.has_data());
+        reopened.close().await;
 
-        let same = MetaStore::open(dir.path(), Some(16)).unwrap();
+        let same = MetaStore::open(dir.path(), Some(16)).await.unwrap();
         assert_eq!(same.current().partitions, 16);
-        drop(same);
-        match MetaStore::open(dir.path(), Some(32)) {
+        same.close().await;
+        match MetaStore::open(dir.path(), Some(32)).await {
             Err(MetaError::PartitionsFixed {
                 stored: 16,
                 given: 32,
@@ -212,23 +349,86 @@ mod tests {
     }
 
     /// A fresh store takes the default P, and out-of-range P is refused before anything is written.
-    #[test]
-    fn default_and_invalid_partitions() {
+    #[tokio::test]
+    async fn default_and_invalid_partitions() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            MetaStore::open(&dir.path().join("a"), Some(0)),
+            MetaStore::open(&dir.path().join("a"), Some(0)).await,
             Err(MetaError::InvalidPartitions { given: 0 })
         ));
         assert!(matches!(
-            MetaStore::open(&dir.path().join("a"), Some(limits::MAX_PARTITIONS + 1)),
+            MetaStore::open(&dir.path().join("a"), Some(limits::MAX_PARTITIONS + 1)).await,
             Err(MetaError::InvalidPartitions { .. })
         ));
-        let store = MetaStore::open(&dir.path().join("b"), None).unwrap();
+        assert!(!dir.path().join("a").exists());
+        let store = MetaStore::open(&dir.path().join("b"), None).await.unwrap();
         assert_eq!(store.current().partitions, limits::DEFAULT_PARTITIONS);
         assert_eq!(
             store.current().table.owners.len(),
             limits::DEFAULT_PARTITIONS as usize
         );
+        store.close().await;
+    }
+
+    /// With snapshots every few entries (and the log purged below them), a reopened store still
+    /// holds exactly what was acknowledged: the snapshot on disk plus the log after it.
+    #[tokio::test]
+    async fn snapshots_and_the_log_after_them_restore_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = MetaOptions {
+            snapshot_every: 4,
+            ..MetaOptions::new(Some(16))
+        };
+        let store = MetaStore::open_with(dir.path(), options.clone()).await.unwrap();
+        store.execute(register(1, true)).await.unwrap();
+        for token in 2..=30 {
+            store.execute(register(token, token % 3 == 0)).await.unwrap();
+        }
+        let expected = (*store.current()).clone();
+        // Snapshots are built in the background: wait for one past the first few entries.
+        store
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= 8), "a snapshot")
+            .await
+            .unwrap();
+        store.close().await;
+        assert!(dir.path().join(RAFT_DIR).join("meta-snapshot").exists());
+
+        let reopened = MetaStore::open_with(dir.path(), options).await.unwrap();
+        assert_eq!(*reopened.current(), expected);
+        reopened.close().await;
+    }
+
+    /// A directory written by an admin from before the Raft group (the state in sled) opens with
+    /// that state, which from then on lives in the group's log: it survives the sled files'
+    /// removal.
+    #[tokio::test]
+    async fn a_sled_directory_of_an_older_admin_upgrades_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = MetaState::new(16);
+        old.apply(register(1, true)).unwrap();
+        old.apply(MetaCommand::MarkHasData).unwrap();
+        old.apply(register(2, true)).unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree(LEGACY_TREE).unwrap();
+            tree.insert(LEGACY_STATE_KEY, encode(&old).unwrap()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = MetaStore::open(dir.path(), None).await.unwrap();
+        assert_eq!(*store.current(), old);
+        let outcome = store.execute(register(3, false)).await.unwrap();
+        assert!(matches!(outcome, MetaOutcome::Registered { node_id: 3, .. }));
+        let expected = (*store.current()).clone();
+        store.close().await;
+
+        for name in ["conf", "db"] {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        let reopened = MetaStore::open(dir.path(), Some(16)).await.unwrap();
+        assert_eq!(*reopened.current(), expected);
+        reopened.close().await;
     }
 
     /// A state with moves in progress and a draining cluster survives a reopen exactly, and a
@@ -237,7 +437,7 @@ mod tests {
     async fn persistence_round_trip_with_moves() {
         let dir = tempfile::tempdir().unwrap();
         let expected = {
-            let store = MetaStore::open(dir.path(), Some(32)).unwrap();
+            let store = MetaStore::open(dir.path(), Some(32)).await.unwrap();
             store.execute(register(1, true)).await.unwrap();
             store.ensure_has_data().await.unwrap();
             store.execute(register(2, true)).await.unwrap();
@@ -263,11 +463,13 @@ mod tests {
                 })
                 .await;
             assert!(matches!(out, Ok(MetaOutcome::Draining { .. })), "{out:?}");
+            store.close().await;
             (*store.current()).clone()
         };
         assert_eq!(expected.moves.len(), 1);
-        let reopened = MetaStore::open(dir.path(), None).unwrap();
+        let reopened = MetaStore::open(dir.path(), None).await.unwrap();
         assert_eq!(*reopened.current(), expected);
+        reopened.close().await;
 
         // Format 1 upgrade: the old layout is the new one's prefix of fields.
         #[derive(Serialize)]
