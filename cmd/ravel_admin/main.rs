@@ -28,6 +28,8 @@ struct Cli {
 const EXAMPLES: &str = "\
 Examples:
   ravel_admin start --http 127.0.0.1:8080 --grpc 127.0.0.1:9090 --backupPath /var/lib/ravel/admin
+  ravel_admin start --http 127.0.0.1:8081 --grpc 127.0.0.1:9091 --backupPath /var/lib/ravel/admin1 \
+      --peers 127.0.0.1:9091,127.0.0.1:9092,127.0.0.1:9093
   ravel_admin status
   ravel_admin put user/42 '{\"name\":\"Ada\"}'
   ravel_admin get user/42 -o json
@@ -134,6 +136,17 @@ struct StartArgs {
     /// Number of partitions P, fixed at the first start (default 1024).
     #[arg(long, env = "RAVEL_ADMIN_PARTITIONS", value_name = "N")]
     partitions: Option<u32>,
+    /// The gRPC addresses of every admin of the admin group, this admin's own --grpc included,
+    /// comma-separated; the same list on every admin (order irrelevant). Without it the admin
+    /// is a group of one. Read at the first start only: later, the group's membership is in
+    /// its log (restart with the identical command line).
+    #[arg(
+        long,
+        env = "RAVEL_ADMIN_PEERS",
+        value_name = "GRPC,GRPC,...",
+        value_delimiter = ','
+    )]
+    peers: Vec<SocketAddr>,
     /// Most partition moves (migrations) run at once; more move faster, fewer disturb client
     /// traffic less.
     #[arg(long, env = "RAVEL_ADMIN_MAX_CONCURRENT_MOVES", value_name = "N",
@@ -170,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             grpc: args.grpc,
             backup_path: args.backup_path,
             partitions: args.partitions,
+            peers: args.peers.iter().map(SocketAddr::to_string).collect(),
             max_concurrent_moves: args.max_concurrent_moves,
             move_retry_backoff_ms: args.move_retry_backoff_ms,
         };

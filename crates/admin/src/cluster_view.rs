@@ -157,13 +157,7 @@ pub async fn cluster_view(state: &AdminState) -> Value {
         })
         .collect();
     let rate = state.mover.rate();
-    // One admin until the admin group of issue 8: it leads itself and answers this page.
-    let admins = vec![json!({
-        "grpc_addr": state.addrs.grpc,
-        "http_addr": state.addrs.http,
-        "role": "leader",
-        "healthy": true,
-    })];
+    let admins = admin_views(state).await;
     json!({
         "admins": admins,
         "partitions": meta.partitions,
@@ -187,12 +181,98 @@ pub async fn cluster_view(state: &AdminState) -> Value {
     })
 }
 
-/// Ok when the admin can serve: every partition has an owner, every owning cluster has confirmed the
+/// Every admin of the group as `/v1/cluster` lists it: this one from its own Raft, the others
+/// from their `AdminStatus` (asked concurrently, each with [`STATUS_DEADLINE_MS`]); an admin
+/// that does not answer is listed unhealthy with why.
+async fn admin_views(state: &AdminState) -> Vec<Value> {
+    let own = state.meta.status(&crate::meta::raft::AdminNode {
+        grpc_addr: state.addrs.grpc.clone(),
+        http_addr: state.addrs.http.clone(),
+    });
+    let mut calls = JoinSet::new();
+    for (id, node, voter) in state.meta.members() {
+        if id == own.admin_id {
+            continue;
+        }
+        let channel = state.pool.channel(&node.grpc_addr);
+        calls.spawn(async move {
+            let mut client = ravel_proto::v1::admin_client::AdminClient::new(channel);
+            let mut request = tonic::Request::new(ravel_proto::v1::AdminStatusRequest {});
+            request.set_timeout(std::time::Duration::from_millis(STATUS_DEADLINE_MS));
+            let reply = client
+                .admin_status(request)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+            (id, node, voter, reply)
+        });
+    }
+    let mut views = vec![admin_view(&own, true, None)];
+    while let Some(joined) = calls.join_next().await {
+        let Ok((id, node, voter, reply)) = joined else {
+            continue;
+        };
+        views.push(match reply {
+            Ok(status) if status.admin_id == id => admin_view(&status, voter, None),
+            Ok(status) => admin_view(
+                &unknown_admin(id, &node),
+                voter,
+                Some(format!("address answers as admin {}", status.admin_id)),
+            ),
+            Err(e) => admin_view(&unknown_admin(id, &node), voter, Some(e)),
+        });
+    }
+    views.sort_by_key(|v| v["grpc_addr"].as_str().map(str::to_owned));
+    views
+}
+
+fn unknown_admin(
+    id: u64,
+    node: &crate::meta::raft::AdminNode,
+) -> ravel_proto::v1::AdminStatusReply {
+    ravel_proto::v1::AdminStatusReply {
+        admin_id: id,
+        grpc_addr: node.grpc_addr.clone(),
+        http_addr: node.http_addr.clone(),
+        role: "unreachable".into(),
+        ..Default::default()
+    }
+}
+
+fn admin_view(s: &ravel_proto::v1::AdminStatusReply, voter: bool, error: Option<String>) -> Value {
+    let healthy =
+        error.is_none() && s.based && ["leader", "follower", "learner"].contains(&s.role.as_str());
+    let mut view = json!({
+        "id": s.admin_id,
+        "grpc_addr": s.grpc_addr,
+        "http_addr": s.http_addr,
+        "role": s.role,
+        "healthy": healthy,
+        "voter": voter,
+    });
+    if error.is_none() {
+        view["term"] = json!(s.term);
+        view["leader_id"] = json!(s.leader_id);
+        view["last_applied"] = json!(s.last_applied_index);
+    }
+    if let Some(e) = error {
+        view["error"] = json!(e);
+    }
+    view
+}
+
+/// Ok when the admin can serve: the admins' group's state is here, every partition has an owner, every owning cluster has confirmed the
 /// current assignment epoch, and has a known leader. Err(reason) otherwise.
 ///
 /// The assignment epoch, not the table epoch: table epochs that come from moves need no
 /// confirmation, because the mover switches the table only after the target answered ACTIVATE.
 pub fn readiness(state: &AdminState) -> Result<(), String> {
+    if !state.meta.based() {
+        return Err(
+            "the admins' group has not formed yet: a majority of the admins in --peers must be up"
+                .to_owned(),
+        );
+    }
     let meta = state.meta.current();
     let epoch = meta.assignment_epoch;
     let mut owners = BTreeSet::<ClusterId>::new();

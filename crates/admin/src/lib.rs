@@ -98,6 +98,9 @@ pub struct AdminConfig {
     pub backup_path: PathBuf,
     /// Partition count for a first start (`--partitions`); fixed afterwards.
     pub partitions: Option<u32>,
+    /// The gRPC addresses of every admin of the admins' group, this one's included
+    /// (`--peers`); empty: a group of one.
+    pub peers: Vec<String>,
     /// Most partition moves started at once (`--max-concurrent-moves`, default
     /// [`mover::DEFAULT_MAX_CONCURRENT_MOVES`]).
     pub max_concurrent_moves: usize,
@@ -159,6 +162,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
         grpc,
         backup_path,
         partitions,
+        peers,
         max_concurrent_moves,
         move_retry_backoff_ms,
     } = config;
@@ -174,6 +178,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
             grpc_addr: addrs.grpc.clone(),
             http_addr: addrs.http.clone(),
         },
+        peers,
         ..meta::MetaOptions::new(partitions)
     };
     let meta = meta::MetaStore::open_with(&backup_path, options)
@@ -205,9 +210,29 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     // Stops every task when `shutdown` is cancelled or when one server fails.
     let stop = shutdown.child_token();
 
+    // In a larger group the partition count is known once the group's base is applied here.
+    let conflict: Arc<std::sync::Mutex<Option<meta::MetaError>>> = Arc::default();
+    let partitions_check = {
+        let (state, stop, conflict) = (Arc::clone(&state), stop.clone(), Arc::clone(&conflict));
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = state.meta.wait_based() => {
+                    if let Err(e) = state.meta.check_partitions(partitions) {
+                        tracing::error!(error = %e, "stopping: this admin's --partitions differs from its group's");
+                        *conflict.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                        stop.cancel();
+                    }
+                }
+            }
+        })
+    };
+
+    // Every admin keeps its own view of the clusters' leaders and assignments.
     let placement = tokio::spawn(placement::run(Arc::clone(&state), stop.clone()));
-    // Resumes every persisted move at once, then starts planned ones.
-    let mover = tokio::spawn(mover::run(
+    // Only the admins' leader drives moves: on leading, resumes every persisted move, then
+    // starts planned ones.
+    let mover = tokio::spawn(mover::run_while_leading(
         Arc::clone(&state),
         max_concurrent_moves,
         std::time::Duration::from_millis(move_retry_backoff_ms),
@@ -215,6 +240,8 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     ));
     let grpc_server = {
         let service = node_api::NodeApi::new(Arc::clone(&state)).into_service();
+        let admin_raft =
+            meta::transport::AdminRaftService::server(state.meta.id(), state.meta.raft().clone());
         // Without TCP_NODELAY, small replies wait for the peer's delayed ACK (~40 ms).
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
@@ -226,6 +253,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
                 ))
                 .concurrency_limit_per_connection(ADMIN_GRPC_CONCURRENCY_PER_CONNECTION)
                 .add_service(service)
+                .add_service(admin_raft)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
         })
@@ -259,7 +287,18 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
     if let Err(e) = mover.await {
         tracing::error!(error = %e, "mover task failed");
     }
+    partitions_check.abort();
     state.meta.close().await;
+    let conflict = conflict
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(source) = conflict {
+        return Err(AdminError::Meta {
+            path: backup_path,
+            source,
+        });
+    }
     grpc_result.map_err(|e| AdminError::Task(e.to_string()))??;
     http_result
         .map_err(|e| AdminError::Task(e.to_string()))?
@@ -290,6 +329,7 @@ mod tests {
             grpc: taken.local_addr().unwrap(),
             backup_path: dir.path().to_path_buf(),
             partitions: Some(16),
+            peers: Vec::new(),
             max_concurrent_moves: mover::DEFAULT_MAX_CONCURRENT_MOVES,
             move_retry_backoff_ms: mover::DEFAULT_MOVE_RETRY_BACKOFF_MS,
         };

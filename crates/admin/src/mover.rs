@@ -210,6 +210,15 @@ impl Mover {
         lock(&self.tails).remove(&partition);
     }
 
+    /// Forgets every move's in-memory side (copy progress, change-log positions, the pause):
+    /// a new term of leading starts from the persisted steps alone, since another admin may
+    /// have led the moves meanwhile.
+    fn forget_live_state(&self) {
+        lock(&self.progress).clear();
+        lock(&self.tails).clear();
+        *lock(&self.pausing) = None;
+    }
+
     /// Forgets a move's in-memory side once its task ended.
     fn clear_progress(&self, partition: PartitionId) {
         lock(&self.progress).remove(&partition);
@@ -276,6 +285,43 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the mover whenever this admin leads the admins' group, until `shutdown` is cancelled:
+/// each time it begins to lead, [`run`] resumes every persisted move from its step; when it
+/// stops leading, its moves stop (the next leader resumes them).
+pub async fn run_while_leading(
+    state: SharedState,
+    max_concurrent_moves: usize,
+    retry_backoff: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut leading = state.meta.leading();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            led = leading.wait_for(|l| *l) => if led.map(|_| ()).is_err() { return },
+        }
+        state.mover.forget_live_state();
+        tracing::info!("this admin leads: driving partition moves");
+        let term = shutdown.child_token();
+        let moves = run(
+            SharedState::clone(&state),
+            max_concurrent_moves,
+            retry_backoff,
+            term.clone(),
+        );
+        tokio::pin!(moves);
+        tokio::select! {
+            () = &mut moves => return,
+            _ = async { leading.wait_for(|l| !*l).await.map(|_| ()) } => {
+                term.cancel();
+                moves.await;
+                state.mover.forget_live_state();
+                tracing::info!("this admin no longer leads: its partition moves stopped");
+            }
+        }
+    }
 }
 
 /// Runs the mover until `shutdown` is cancelled: resumes every persisted move, starts planned
@@ -1294,7 +1340,12 @@ mod tests {
             Ok(Response::new(StatusReply {
                 node_id: self.node,
                 cluster_id: self.cluster,
-                role: if *lock(&self.follower) { "follower" } else { "leader" }.into(),
+                role: if *lock(&self.follower) {
+                    "follower"
+                } else {
+                    "leader"
+                }
+                .into(),
                 term: 1,
                 membership_changing,
                 ..StatusReply::default()
@@ -1652,7 +1703,10 @@ mod tests {
         assert!(!membership_changing(&s.state, 1).await);
         assert_eq!(s.state.pool.leader(1), None);
         *lock(&s.source.follower) = false;
-        assert!(!membership_changing(&s.state, 1).await, "the one 'changing' answer was used up");
+        assert!(
+            !membership_changing(&s.state, 1).await,
+            "the one 'changing' answer was used up"
+        );
         assert_eq!(s.state.pool.leader(1), Some(1));
     }
 

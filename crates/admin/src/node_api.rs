@@ -1,18 +1,21 @@
 //! The Admin gRPC service that replicas call: registration, cluster lookup, leader reports and
-//! removal (`ravel_node kill`).
+//! removal (`ravel_node kill`); and that other admins call: a forwarded metadata change
+//! (`ProposeMeta`, answered only by the admins' leader) and `AdminStatus`.
 //!
 //! Every change goes through `meta` (durable before it is answered); this module only validates
 //! requests, talks to cluster leaders where a removal needs it, and maps outcomes to `Status`
 //! (the one place that mapping lives). It must not touch the partition table itself.
 
-use crate::meta::{MetaCommand, MetaError, MetaOutcome, MetaRefusal};
+use crate::meta::raft::AdminNode;
+use crate::meta::{MetaCommand, MetaError, MetaOutcome, MetaRefusal, forward};
 use crate::placement::{LeaderCallError, call_leader, control_request};
 use crate::{SharedState, pool};
 use ravel_core::{ClusterId, NodeId, limits};
 use ravel_proto::v1::admin_server::{Admin, AdminServer};
 use ravel_proto::v1::{
-    ClusterInfoReply, ClusterInfoRequest, LeaderReport, LeaderReportReply, LeaveRequest,
-    RegisterReply, RegisterRequest, RemoveReplicaReply, RemoveReplicaRequest, ReplicaInfo,
+    AdminStatusReply, AdminStatusRequest, ClusterInfoReply, ClusterInfoRequest, LeaderReport,
+    LeaderReportReply, LeaveRequest, MetaProposal, MetaProposalReply, RegisterReply,
+    RegisterRequest, RemoveReplicaReply, RemoveReplicaRequest, ReplicaInfo,
 };
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -104,6 +107,8 @@ fn meta_status(error: MetaError) -> Status {
             Status::not_found(error.to_string())
         }
         MetaError::Refused(_) => Status::failed_precondition(error.to_string()),
+        // Certainly not applied: the caller (a replica) retries, possibly at another admin.
+        MetaError::NoAdminLeader => Status::unavailable(error.to_string()),
         _ => {
             tracing::error!(error = %error, code = error.code(), "metadata change failed");
             Status::internal(format!(
@@ -335,6 +340,31 @@ impl Admin for NodeApi {
             done: true,
             ..RemoveReplicaReply::default()
         }))
+    }
+
+    async fn propose_meta(
+        &self,
+        request: Request<MetaProposal>,
+    ) -> Result<Response<MetaProposalReply>, Status> {
+        let command = forward::decode_proposal(request.get_ref())?;
+        let answer = forward::proposal_answer(self.state.meta.execute_here(command).await);
+        if matches!(answer, Ok(Ok(_))) {
+            // A forwarded registration or removal may change what to place and to move.
+            self.state.placement.wake();
+            self.state.mover.wake();
+        }
+        Ok(Response::new(forward::encode_answer(&answer)?))
+    }
+
+    async fn admin_status(
+        &self,
+        _: Request<AdminStatusRequest>,
+    ) -> Result<Response<AdminStatusReply>, Status> {
+        let node = AdminNode {
+            grpc_addr: self.state.addrs.grpc.clone(),
+            http_addr: self.state.addrs.http.clone(),
+        };
+        Ok(Response::new(self.state.meta.status(&node)))
     }
 }
 

@@ -109,7 +109,15 @@ impl NodeConfig {
         check_addr("raftaddr", &self.raftaddr)?;
         check_addr("raft-advertise", &self.raft_advertise)?;
         check_addr("grpc-advertise", &self.grpc_advertise)?;
-        check_addr("adminrpcaddr", &self.adminrpcaddr)?;
+        let admins = crate::admins::parse_list(&self.adminrpcaddr);
+        if admins.is_empty() {
+            return Err(NodeError::Config(
+                "--adminrpcaddr must name at least one admin (host:port[,host:port...])".into(),
+            ));
+        }
+        for admin in admins {
+            check_addr("adminrpcaddr", admin)?;
+        }
         if let Some(http) = &self.http {
             check_addr("http", http)?;
             if http == &self.grpcaddr || http == &self.raftaddr {

@@ -96,7 +96,7 @@ impl DataService {
         F: FnOnce(DataClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Rep>, Status>>,
     {
-        let client = self.network.data_client(&to.raft_addr).map_err(|e| {
+        let client = crate::raft_net::data_client(&self.network, &to.raft_addr).map_err(|e| {
             NodeError::Unavailable(format!(
                 "the leader's Raft address {} is unusable: {e}",
                 to.raft_addr

@@ -23,9 +23,10 @@ use ravel_proto::v1::admin_client::AdminClient;
 use ravel_proto::v1::{RemoveReplicaReply, RemoveReplicaRequest};
 use tonic::transport::Channel;
 
+use crate::admins::Admins;
 use crate::error::NodeError;
 use crate::identity;
-use crate::membership::{admin_client, with_deadline};
+use crate::membership::with_deadline;
 
 /// Deadline of the RemoveReplica call: the admin may drain partitions and change membership.
 pub const REMOVE_REPLICA_TIMEOUT_MS: u64 = 6 * CONTROL_RPC_TIMEOUT_MS;
@@ -55,7 +56,7 @@ pub async fn kill(storagedir: &Path, force: bool) -> Result<(), NodeError> {
             storagedir.display()
         ))
     })?;
-    let admin = admin_client(&identity.admin_addr)?;
+    let admins = Admins::new(&identity.admin_addr)?;
     let request = RemoveReplicaRequest {
         node_id: identity.node_id,
         force,
@@ -66,13 +67,7 @@ pub async fn kill(storagedir: &Path, force: bool) -> Result<(), NodeError> {
         admin = %identity.admin_addr,
         "asking the admin to remove this replica"
     );
-    remove_until_done(
-        &admin,
-        &identity.admin_addr,
-        request,
-        Duration::from_millis(DRAIN_TIMEOUT_MS),
-    )
-    .await?;
+    remove_until_done(&admins, request, Duration::from_millis(DRAIN_TIMEOUT_MS)).await?;
     tracing::info!(node = identity.node_id, "the admin removed this replica");
     if let Some(pid) = identity::read_pid(storagedir) {
         stop_process(pid).await;
@@ -84,11 +79,11 @@ pub async fn kill(storagedir: &Path, force: bool) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Calls `RemoveReplica` until the admin answers `done` (see the module doc), at most for
-/// `timeout`. A refusal, or an unreachable admin before it ever answered, fails at once.
+/// Calls `RemoveReplica` until an admin answers `done` (see the module doc), at most for
+/// `timeout`; an unreachable admin makes it try the next. A refusal, or every admin
+/// unreachable before one ever answered, fails at once.
 async fn remove_until_done(
-    admin: &AdminClient<Channel>,
-    admin_addr: &str,
+    admins: &Admins,
     request: RemoveReplicaRequest,
     timeout: Duration,
 ) -> Result<(), NodeError> {
@@ -96,11 +91,14 @@ async fn remove_until_done(
     let mut answered = false;
     let mut last_progress: Option<(u32, u32)> = None;
     let mut last_log = Instant::now();
+    let mut unreachable_in_a_row = 0;
     loop {
-        match remove_once(admin, admin_addr, request).await {
+        let (admin_addr, admin) = admins.client();
+        match remove_once(&admin, &admin_addr, request).await {
             Ok(reply) if reply.done => return Ok(()),
             Ok(reply) => {
                 answered = true;
+                unreachable_in_a_row = 0;
                 let progress = (reply.partitions_left, reply.moves_in_progress);
                 if last_progress != Some(progress)
                     || last_log.elapsed() >= Duration::from_millis(DRAIN_LOG_EVERY_MS)
@@ -114,8 +112,12 @@ async fn remove_until_done(
                     last_log = Instant::now();
                 }
             }
-            Err(e @ NodeError::AdminUnreachable { .. }) if answered => {
-                tracing::warn!("draining: {e}; retrying");
+            Err(e @ NodeError::AdminUnreachable { .. })
+                if answered || unreachable_in_a_row + 1 < admins.len() =>
+            {
+                unreachable_in_a_row += 1;
+                admins.failed(&admin_addr);
+                tracing::warn!("{e}; retrying");
             }
             Err(e) => return Err(e),
         }
@@ -299,6 +301,18 @@ mod tests {
             };
             next.map(tonic::Response::new)
         }
+        async fn propose_meta(
+            &self,
+            _: tonic::Request<ravel_proto::v1::MetaProposal>,
+        ) -> Result<tonic::Response<ravel_proto::v1::MetaProposalReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn admin_status(
+            &self,
+            _: tonic::Request<ravel_proto::v1::AdminStatusRequest>,
+        ) -> Result<tonic::Response<ravel_proto::v1::AdminStatusReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
     }
 
     /// Starts a scripted admin and writes an identity pointing at it into a new directory.
@@ -360,19 +374,14 @@ mod tests {
     async fn unfinished_drain_or_refusal_deletes_nothing() {
         let (admin, dir) = scripted(vec![Ok(draining(5, 1))]).await;
         let identity = identity::load(dir.path()).unwrap().unwrap();
-        let client = admin_client(&identity.admin_addr).unwrap();
+        let admins = Admins::new(&identity.admin_addr).unwrap();
         let request = RemoveReplicaRequest {
             node_id: identity.node_id,
             force: false,
         };
-        let err = remove_until_done(
-            &client,
-            &identity.admin_addr,
-            request,
-            Duration::from_millis(1_500),
-        )
-        .await
-        .unwrap_err();
+        let err = remove_until_done(&admins, request, Duration::from_millis(1_500))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "unavailable", "{err}");
         assert!(admin.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 

@@ -15,6 +15,7 @@
 //! The crate must not decide placement or routing (the admin does) nor interpret stored data
 //! (the storage crate does). `cmd/ravel_node` only parses flags and calls in here.
 
+mod admins;
 pub mod config;
 pub mod contact;
 pub mod control_service;
@@ -128,7 +129,7 @@ async fn run_replica(
 ) -> Result<(), NodeError> {
     let storage = open_storage(&config, &shutdown).await?;
     let contact = Arc::new(contact::Contact::default());
-    let network = NetworkFactory::new(identity.cluster_id, contact.clone());
+    let network = raft_net::network(identity.cluster_id, contact.clone());
     let raft = start_raft(&identity, &config, &storage, network.clone()).await?;
     let replica = Arc::new(Replica::new(
         identity.node_id,
@@ -164,7 +165,7 @@ async fn run_replica(
         http = config.http.as_deref().unwrap_or("off"),
         "replica serving"
     );
-    let admin = membership::admin_client(&config.adminrpcaddr)?;
+    let admin = admins::Admins::new(&config.adminrpcaddr)?;
     // The background tasks get their own token so that they also stop when a server fails.
     let tasks_stop = shutdown.child_token();
     let mut tasks = vec![

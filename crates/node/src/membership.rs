@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use ravel_core::limits::CONTROL_RPC_TIMEOUT_MS;
-use ravel_proto::v1::admin_client::AdminClient;
 use ravel_proto::v1::control_client::ControlClient;
 use ravel_proto::v1::node_error::Kind;
 use ravel_proto::v1::{ClusterInfoRequest, JoinRequest, LeaderReport, RegisterRequest};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
+use crate::admins::Admins;
 use crate::config::NodeConfig;
 use crate::control_service::{JOIN_CATCH_UP_TIMEOUT_MS, MEMBERSHIP_CHANGE_TIMEOUT_MS};
 use crate::error::NodeError;
@@ -38,15 +37,6 @@ const JOIN_CALL_TIMEOUT_MS: u64 =
     JOIN_CATCH_UP_TIMEOUT_MS + 2 * MEMBERSHIP_CHANGE_TIMEOUT_MS + 2_000;
 /// Most replicas one join round asks (following NOT_LEADER hints counts too).
 const MAX_JOIN_HOPS: usize = 16;
-
-/// A client of the admin's gRPC service (connects lazily).
-pub(crate) fn admin_client(addr: &str) -> Result<AdminClient<Channel>, NodeError> {
-    let channel = lazy_channel(addr).map_err(|e| NodeError::AdminUnreachable {
-        addr: addr.to_owned(),
-        message: e.to_string(),
-    })?;
-    Ok(AdminClient::new(channel))
-}
 
 /// A request with the control deadline.
 pub(crate) fn with_deadline<T>(message: T, deadline_ms: u64) -> tonic::Request<T> {
@@ -124,9 +114,10 @@ pub(crate) async fn register(
 ) -> Result<Identity, NodeError> {
     let dir = &config.storagedir;
     let token = identity::load_or_create_token(dir)?;
-    let admin = admin_client(&config.adminrpcaddr)?;
+    let admins = Admins::new(&config.adminrpcaddr)?;
     let mut backoff = Backoff::new(ADMIN_BACKOFF_MIN_MS, ADMIN_BACKOFF_MAX_MS);
     loop {
+        let (admin_addr, mut admin) = admins.client();
         let request = RegisterRequest {
             token,
             raft_addr: config.raft_advertise.clone(),
@@ -134,7 +125,6 @@ pub(crate) async fn register(
             new_cluster: config.leader,
         };
         match admin
-            .clone()
             .register(with_deadline(request, CONTROL_RPC_TIMEOUT_MS))
             .await
         {
@@ -158,9 +148,10 @@ pub(crate) async fn register(
                 return Ok(identity);
             }
             Err(status) if retryable(&status) => {
+                admins.failed(&admin_addr);
                 if backoff.should_log() {
                     tracing::warn!(
-                        admin = %config.adminrpcaddr,
+                        admin = %admin_addr,
                         "waiting for the admin to register this replica: {:?}: {}",
                         status.code(),
                         status.message()
@@ -183,7 +174,7 @@ pub(crate) async fn register(
 /// admin acknowledges or a newer term (or lost leadership) supersedes the report.
 pub(crate) async fn leader_reporter(
     replica: Arc<Replica>,
-    admin: AdminClient<Channel>,
+    admin: Admins,
     shutdown: CancellationToken,
 ) {
     let mut metrics = replica.raft.server_metrics();
@@ -210,7 +201,7 @@ pub(crate) async fn leader_reporter(
 /// One leadership report, retried; `true` once acknowledged, `false` when superseded or stopped.
 async fn report_leader(
     replica: &Replica,
-    admin: &AdminClient<Channel>,
+    admins: &Admins,
     term: u64,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -222,16 +213,17 @@ async fn report_leader(
             node_id: replica.node_id,
             term,
         };
+        let (admin_addr, mut admin) = admins.client();
         match admin
-            .clone()
             .report_leader(with_deadline(report, CONTROL_RPC_TIMEOUT_MS))
             .await
         {
             Ok(_) => {
-                tracing::info!(term, "reported leadership to the admin");
+                tracing::info!(term, admin = %admin_addr, "reported leadership to the admin");
                 return true;
             }
             Err(status) => {
+                admins.failed(&admin_addr);
                 if backoff.should_log() {
                     tracing::warn!(term, "could not report leadership to the admin: {status}");
                 }
@@ -249,11 +241,7 @@ async fn report_leader(
 
 /// Until this replica is a voter of its cluster: ask the admin who is in the cluster, then ask
 /// the leader (or each replica in turn, following NOT_LEADER hints) to let it join.
-pub(crate) async fn join_loop(
-    replica: Arc<Replica>,
-    admin: AdminClient<Channel>,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn join_loop(replica: Arc<Replica>, admin: Admins, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(JOIN_ROUND_PAUSE_MS, JOIN_ROUND_PAUSE_MS);
     loop {
         if replica.is_voter(replica.node_id) {
@@ -278,7 +266,7 @@ pub(crate) async fn join_loop(
 }
 
 /// One join round: `Ok` when some replica (the leader) accepted the join.
-async fn join_once(replica: &Replica, admin: &AdminClient<Channel>) -> Result<(), NodeError> {
+async fn join_once(replica: &Replica, admin: &Admins) -> Result<(), NodeError> {
     let mut queue: VecDeque<String> = VecDeque::new();
     if let Some(addr) = known_leader_addr(replica) {
         queue.push_back(addr);
@@ -318,18 +306,20 @@ fn known_leader_addr(replica: &Replica) -> Option<String> {
 }
 
 /// The admin's view of the cluster: the leader's address first, then the other replicas.
-async fn cluster_addrs(
-    replica: &Replica,
-    admin: &AdminClient<Channel>,
-) -> Result<Vec<String>, NodeError> {
+async fn cluster_addrs(replica: &Replica, admins: &Admins) -> Result<Vec<String>, NodeError> {
     let request = ClusterInfoRequest {
         cluster_id: replica.cluster_id,
     };
+    let (admin_addr, mut admin) = admins.client();
     let info = admin
-        .clone()
         .cluster_info(with_deadline(request, CONTROL_RPC_TIMEOUT_MS))
         .await
-        .map_err(|s| NodeError::Unavailable(format!("asking the admin for the cluster: {s}")))?
+        .map_err(|s| {
+            admins.failed(&admin_addr);
+            NodeError::Unavailable(format!(
+                "asking the admin {admin_addr} for the cluster: {s}"
+            ))
+        })?
         .into_inner();
     let mut addrs: Vec<String> = Vec::new();
     let others = info

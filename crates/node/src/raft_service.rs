@@ -1,28 +1,23 @@
-//! The server side of the Raft transport (the `RaftTransport` gRPC service on `--raftaddr`).
-//!
-//! It refuses, with `FailedPrecondition`, any envelope addressed to another cluster or another
-//! node: delivering a Raft message to the wrong replica can lose data or elect two leaders. A
-//! message that passes is decoded and handed to openraft; openraft's whole `Result` is encoded
-//! back. This module must not interpret Raft messages beyond that.
+//! The server side of a replica's Raft transport (the `RaftTransport` gRPC service on
+//! `--raftaddr`): openraft's calls through the shared transport's endpoint (which refuses
+//! envelopes for another cluster or node), plus the replica's own pre-vote and hand-over
+//! calls. Every accepted leader message is recorded for check-quorum. This module must not
+//! interpret Raft messages beyond that.
 
-use openraft::error::RaftError;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
-};
 use ravel_core::{ClusterId, NodeId};
 use ravel_proto::v1::raft_transport_server::RaftTransport;
 use ravel_proto::v1::{RaftEnvelope, RaftReply};
+use ravel_raft_transport::server::{bad_payload, reply};
+use ravel_raft_transport::{Endpoint, decode};
 use ravel_storage::{Raft, TypeConfig};
-use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::handover::TimeoutNow;
 use crate::prevote::{PreVoteRequest, PreVoter};
-use crate::raft_net::{FatalOr, SnapshotResult, decode, encode};
 
 /// The Raft transport service of one replica.
 pub struct RaftService {
-    cluster_id: ClusterId,
+    endpoint: Endpoint<TypeConfig>,
     node_id: NodeId,
     raft: Raft,
     prevoter: PreVoter,
@@ -34,49 +29,23 @@ impl RaftService {
     #[must_use]
     pub fn new(cluster_id: ClusterId, node_id: NodeId, prevoter: PreVoter) -> Self {
         Self {
-            cluster_id,
+            endpoint: Endpoint::new(cluster_id, node_id, prevoter.raft.clone()),
             node_id,
             raft: prevoter.raft.clone(),
             prevoter,
         }
     }
 
-    /// The envelope's payload if it is addressed to this replica.
-    fn accept(&self, envelope: RaftEnvelope) -> Result<bytes::Bytes, Status> {
-        if envelope.cluster_id != self.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "this Raft endpoint belongs to cluster {}, not cluster {}",
-                self.cluster_id, envelope.cluster_id
-            )));
+    /// Notes a sign of a live leader (an accepted append or snapshot, a granted vote) and
+    /// passes the reply on.
+    fn heard(&self, (response, live_leader): (Response<RaftReply>, bool)) -> Response<RaftReply> {
+        if live_leader {
+            // As in Raft, granting a vote also restarts the wait before campaigning: the
+            // candidate is about to lead, and a pre-vote now would only depose it.
+            self.prevoter.contact.heard_from_leader();
         }
-        if envelope.target_node_id != self.node_id {
-            return Err(Status::failed_precondition(format!(
-                "this Raft endpoint is node {}, not node {}",
-                self.node_id, envelope.target_node_id
-            )));
-        }
-        Ok(envelope.payload)
+        response
     }
-}
-
-fn reply<T: Serialize>(answer: &T) -> Result<Response<RaftReply>, Status> {
-    let payload =
-        encode(answer).map_err(|e| Status::internal(format!("encoding the Raft answer: {e}")))?;
-    Ok(Response::new(RaftReply { payload }))
-}
-
-fn bad_payload(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("undecodable Raft request: {e}"))
-}
-
-/// Append-entries and vote can only fail fatally; the `Infallible` API error cannot occur.
-/// (`Fatal` is openraft's type and travels by value to be encoded; its size is not ours to box.)
-#[allow(clippy::result_large_err)]
-fn fatal_only<T>(result: Result<T, RaftError<NodeId>>) -> FatalOr<T> {
-    result.map_err(|e| match e {
-        RaftError::Fatal(f) => f,
-        RaftError::APIError(never) => match never {},
-    })
 }
 
 #[tonic::async_trait]
@@ -85,45 +54,28 @@ impl RaftTransport for RaftService {
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftReply>, Status> {
-        let payload = self.accept(request.into_inner())?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&payload).map_err(bad_payload)?;
-        let answer = fatal_only(self.raft.append_entries(rpc).await);
-        if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-            self.prevoter.contact.heard_from_leader();
-        }
-        reply(&answer)
+        let served = self.endpoint.append_entries(request.into_inner()).await?;
+        Ok(self.heard(served))
     }
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftReply>, Status> {
-        let payload = self.accept(request.into_inner())?;
-        let rpc: VoteRequest<NodeId> = decode(&payload).map_err(bad_payload)?;
-        let answer = fatal_only(self.raft.vote(rpc).await);
-        if matches!(&answer, Ok(a) if a.vote_granted) {
-            // As in Raft, granting a vote restarts the wait before campaigning: the candidate
-            // is about to lead, and a pre-vote now would only depose it.
-            self.prevoter.contact.heard_from_leader();
-        }
-        reply(&answer)
+        let served = self.endpoint.vote(request.into_inner()).await?;
+        Ok(self.heard(served))
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftReply>, Status> {
-        let payload = self.accept(request.into_inner())?;
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload).map_err(bad_payload)?;
-        let answer: SnapshotResult = self.raft.install_snapshot(rpc).await;
-        if answer.is_ok() {
-            self.prevoter.contact.heard_from_leader();
-        }
-        reply(&answer)
+        let served = self.endpoint.install_snapshot(request.into_inner()).await?;
+        Ok(self.heard(served))
     }
 
     async fn timeout_now(
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftReply>, Status> {
-        let payload = self.accept(request.into_inner())?;
+        let payload = self.endpoint.accept(request.into_inner())?;
         let rpc: TimeoutNow = decode(&payload).map_err(bad_payload)?;
         reply(&self.campaign(&rpc).await)
     }
@@ -132,7 +84,7 @@ impl RaftTransport for RaftService {
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftReply>, Status> {
-        let payload = self.accept(request.into_inner())?;
+        let payload = self.endpoint.accept(request.into_inner())?;
         let rpc: PreVoteRequest = decode(&payload).map_err(bad_payload)?;
         reply(&self.prevoter.answer(&rpc))
     }
@@ -173,8 +125,9 @@ impl RaftService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft_net::NetworkFactory;
-    use openraft::raft::VoteResponse;
+    use openraft::raft::{VoteRequest, VoteResponse};
+    use ravel_raft_transport::client::FatalOr;
+    use ravel_raft_transport::encode;
     use ravel_storage::Storage;
     use std::sync::Arc;
 
@@ -182,7 +135,7 @@ mod tests {
         let storage = Storage::open(dir).unwrap();
         let config = Arc::new(crate::raft_config(7, 100).unwrap());
         let contact = Arc::new(crate::contact::Contact::default());
-        let network = NetworkFactory::new(7, contact.clone());
+        let network = crate::raft_net::network(7, contact.clone());
         let raft = Raft::new(
             3,
             config,
@@ -224,7 +177,7 @@ mod tests {
 
         let err = svc.vote(envelope(8, 3, payload.clone())).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        assert!(err.message().contains("cluster 7"), "{}", err.message());
+        assert!(err.message().contains("group 7"), "{}", err.message());
         let err = svc
             .append_entries(envelope(7, 4, payload.clone()))
             .await

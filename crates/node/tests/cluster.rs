@@ -83,6 +83,18 @@ impl Admin for FakeAdmin {
     ) -> Result<Response<RemoveReplicaReply>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+    async fn propose_meta(
+        &self,
+        _request: Request<MetaProposal>,
+    ) -> Result<Response<MetaProposalReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn admin_status(
+        &self,
+        _request: Request<AdminStatusRequest>,
+    ) -> Result<Response<AdminStatusReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// Assigns `partitions` (epoch 1) through the leader at `leader_addr`; returns its answer.

@@ -58,6 +58,18 @@ impl Admin for FakeAdmin {
     ) -> Result<Response<RemoveReplicaReply>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+    async fn propose_meta(
+        &self,
+        _request: Request<MetaProposal>,
+    ) -> Result<Response<MetaProposalReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn admin_status(
+        &self,
+        _request: Request<AdminStatusRequest>,
+    ) -> Result<Response<AdminStatusReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 fn free_addr() -> String {

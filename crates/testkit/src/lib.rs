@@ -190,6 +190,11 @@ pub struct TestCluster {
     /// The pid of each running replica, for the proxies' source classifier.
     node_pids: Arc<Mutex<BTreeMap<String, u32>>>,
     extra_admin_args: Vec<String>,
+    /// Admins 2, 3, ... of an admin group ([`TestCluster::with_admins`]): HTTP and gRPC
+    /// address and process; admin 1 is `http_addr`, `admin_grpc_addr` and `admin`.
+    more_admins: Vec<(String, String, Option<Proc>)>,
+    /// The admin the helpers talk to.
+    primary: usize,
     http: reqwest::Client,
     /// Set by [`TestCluster::finish`]: only then are the logs deleted on drop. A test that fails
     /// by panicking or by returning an error keeps them.
@@ -230,6 +235,8 @@ impl TestCluster {
             admin_links: BTreeMap::new(),
             node_pids: Arc::new(Mutex::new(BTreeMap::new())),
             extra_admin_args: Vec::new(),
+            more_admins: Vec::new(),
+            primary: 0,
             http,
             finished: false,
         })
@@ -344,33 +351,122 @@ impl TestCluster {
         &self.root
     }
 
-    /// The admin's base URL.
+    /// The base URL of the admin the helpers talk to (the first, or the one chosen with
+    /// [`TestCluster::use_admin`]), with `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http_addr)
+        self.admin_url(self.primary, path)
+    }
+
+    /// Makes admin `i` the one the helpers (`url`, `cluster_view`, `wait_ready`, ...) talk to,
+    /// e.g. while another is down.
+    pub fn use_admin(&mut self, i: usize) {
+        assert!(i < self.admin_count(), "no admin {i}");
+        self.primary = i;
+    }
+
+    /// Runs `n` admins as one admin group (`--peers`) instead of one; replicas are given all
+    /// of them (`-a` with a list). Call before starting anything.
+    pub fn with_admins(mut self, n: usize) -> Self {
+        self.more_admins = (1..n)
+            .map(|_| {
+                (
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", free_port()),
+                    None,
+                )
+            })
+            .collect();
+        self
+    }
+
+    /// How many admins this test runs.
+    pub fn admin_count(&self) -> usize {
+        1 + self.more_admins.len()
+    }
+
+    /// Every admin's gRPC address, comma-separated (the replicas' `-a`, the admins' `--peers`).
+    pub fn admin_grpc_list(&self) -> String {
+        std::iter::once(&self.admin_grpc_addr)
+            .chain(self.more_admins.iter().map(|(_, grpc, _)| grpc))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Admin `i`'s (0-based) HTTP and gRPC address.
+    pub fn admin_addrs(&self, i: usize) -> (String, String) {
+        match i {
+            0 => (self.http_addr.clone(), self.admin_grpc_addr.clone()),
+            _ => {
+                let (http, grpc, _) = &self.more_admins[i - 1];
+                (http.clone(), grpc.clone())
+            }
+        }
+    }
+
+    /// Admin `i`'s base URL with `path`.
+    pub fn admin_url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addrs(i).0)
+    }
+
+    /// Every admin's base URL (`http://host:port`).
+    pub fn admin_urls(&self) -> Vec<String> {
+        (0..self.admin_count())
+            .map(|i| self.admin_url(i, ""))
+            .collect()
+    }
+
+    fn admin_proc(&mut self, i: usize) -> &mut Option<Proc> {
+        match i {
+            0 => &mut self.admin,
+            _ => &mut self.more_admins[i - 1].2,
+        }
     }
 
     /// Starts the admin (or restarts it with the same command line) and waits for `/livez`.
+    /// With an admin group, starts every admin that is not running.
     pub async fn start_admin(&mut self) -> Result<()> {
-        if self.admin.is_none() {
+        for i in 0..self.admin_count() {
+            if !self.admin_proc(i).as_mut().is_some_and(Proc::is_running) {
+                self.start_admin_at(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts admin `i` (or restarts it with the same command line) and waits for its `/livez`.
+    pub async fn start_admin_at(&mut self, i: usize) -> Result<()> {
+        if self.admin_proc(i).is_none() {
+            let (http_addr, grpc_addr) = self.admin_addrs(i);
+            let name = if i == 0 {
+                "admin".to_owned()
+            } else {
+                format!("admin{}", i + 1)
+            };
             let mut args = vec![
                 "start".into(),
                 "--http".into(),
-                self.http_addr.clone(),
+                http_addr,
                 "--grpc".into(),
-                self.admin_grpc_addr.clone(),
+                grpc_addr,
                 "--backupPath".into(),
-                self.root.join("admin").display().to_string(),
+                self.root.join(&name).display().to_string(),
             ];
+            if self.admin_count() > 1 {
+                args.push("--peers".into());
+                args.push(self.admin_grpc_list());
+            }
             args.extend(self.extra_admin_args.iter().cloned());
-            self.admin = Some(Proc {
+            let proc = Proc {
                 program: self.admin_bin.clone(),
                 args,
-                log: self.root.join("admin.log"),
+                log: self.root.join(format!("{name}.log")),
                 child: None,
-            });
+            };
+            *self.admin_proc(i) = Some(proc);
         }
-        self.admin.as_mut().expect("admin proc").spawn()?;
-        let url = self.url("/livez");
+        self.admin_proc(i).as_mut().expect("admin proc").spawn()?;
+        let url = self.admin_url(i, "/livez");
         let http = self.http.clone();
         wait_until("admin /livez", READY_TIMEOUT, || {
             let url = url.clone();
@@ -380,9 +476,14 @@ impl TestCluster {
         .await
     }
 
-    /// `kill -9` of the admin.
+    /// `kill -9` of the admin (the first one of a group).
     pub fn kill9_admin(&mut self) {
-        if let Some(p) = self.admin.as_mut() {
+        self.kill9_admin_at(0);
+    }
+
+    /// `kill -9` of admin `i`.
+    pub fn kill9_admin_at(&mut self, i: usize) {
+        if let Some(p) = self.admin_proc(i).as_mut() {
             p.kill9();
         }
     }
@@ -440,7 +541,7 @@ impl TestCluster {
                 "-r".into(),
                 spec.raft_addr.clone(),
                 "-a".into(),
-                self.admin_grpc_addr.clone(),
+                self.admin_grpc_list(),
                 "--http".into(),
                 spec.http_addr.clone(),
             ];
@@ -519,7 +620,9 @@ impl TestCluster {
 
     /// `kill -9` of every process (admin included).
     pub fn kill9_all(&mut self) {
-        self.kill9_admin();
+        for i in 0..self.admin_count() {
+            self.kill9_admin_at(i);
+        }
         for (_, p) in self.nodes.values_mut() {
             p.kill9();
         }

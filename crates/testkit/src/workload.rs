@@ -95,6 +95,20 @@ impl Workload {
         config: &WorkloadConfig,
         keys: Vec<String>,
     ) -> Result<Self> {
+        Self::start_spread(&[base_url.to_owned()], config, keys)
+    }
+
+    /// Like [`Workload::start_on_keys`], spread over several admins: task `i` starts at admin
+    /// `i % base_urls.len()` and moves on to the next when its admin cannot be reached (a
+    /// connection refused or a transport error), as a client of an admin group would.
+    pub fn start_spread(
+        base_urls: &[String],
+        config: &WorkloadConfig,
+        keys: Vec<String>,
+    ) -> Result<Self> {
+        if base_urls.is_empty() {
+            bail!("a workload needs at least one admin URL");
+        }
         if keys.is_empty() || config.writers == 0 {
             bail!("a workload needs at least one key and one writer: {config:?}");
         }
@@ -109,9 +123,14 @@ impl Workload {
             answers: Arc::new(Mutex::new(AnswerCounts::new())),
             tasks: JoinSet::new(),
         };
-        let client = Client {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+        let urls: Arc<[String]> = base_urls
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        let client = |task: usize| Client {
+            http: http.clone(),
+            urls: Arc::clone(&urls),
+            at: AtomicUsize::new(task % urls.len()),
             history: Arc::clone(&workload.history),
             answers: Arc::clone(&workload.answers),
         };
@@ -122,7 +141,7 @@ impl Workload {
                 .filter(|(i, _)| i % config.writers == w)
                 .map(|(_, k)| k.clone())
                 .collect();
-            let client = client.clone();
+            let client = client(w);
             let stop = Arc::clone(&workload.stop);
             let loaded = Arc::clone(&workload.loaded_writers);
             let pause = config.op_pause;
@@ -131,7 +150,7 @@ impl Workload {
                 .spawn(async move { writer(client, own, stop, loaded, pause).await });
         }
         for r in 0..config.readers {
-            let client = client.clone();
+            let client = client(config.writers + r);
             let stop = Arc::clone(&workload.stop);
             let keys = keys.clone();
             let seed = config.seed.wrapping_add(r as u64);
@@ -185,16 +204,26 @@ impl Workload {
     }
 }
 
-/// What every task needs to send requests and record them.
-#[derive(Clone)]
+/// What every task needs to send requests and record them: the admins' URLs and the one it
+/// uses now.
 struct Client {
     http: reqwest::Client,
-    base_url: String,
+    urls: Arc<[String]>,
+    at: AtomicUsize,
     history: Arc<History>,
     answers: Arc<Mutex<AnswerCounts>>,
 }
 
 impl Client {
+    fn base_url(&self) -> &str {
+        &self.urls[self.at.load(Ordering::Relaxed) % self.urls.len()]
+    }
+
+    /// The admin in use did not answer: use the next one.
+    fn move_on(&self) {
+        self.at.fetch_add(1, Ordering::Relaxed);
+    }
+
     async fn count(&self, what: String) {
         *self.answers.lock().await.entry(what).or_default() += 1;
     }
@@ -205,7 +234,7 @@ impl Client {
         let invoke_at = self.history.now();
         let sent = self
             .http
-            .post(format!("{}/put", self.base_url))
+            .post(format!("{}/put", self.base_url()))
             .json(&body)
             .send()
             .await;
@@ -220,6 +249,9 @@ impl Client {
             Err(e) if e.is_timeout() => (Outcome::Unknown, "timeout".to_owned()),
             Err(_) => (Outcome::Unknown, "transport-error".to_owned()),
         };
+        if answer == "connect-error" || answer == "transport-error" {
+            self.move_on();
+        }
         self.history.record_write(key, value, invoke_at, outcome);
         self.count(format!("write {answer}")).await;
         outcome
@@ -228,7 +260,7 @@ impl Client {
     /// `POST /get {"key": key}`, recorded.
     async fn read(&self, key: &str) {
         let invoke_at = self.history.now();
-        let (observed, outcome, answer) = match get(&self.http, &self.base_url, key).await {
+        let (observed, outcome, answer) = match get(&self.http, self.base_url(), key).await {
             Ok((status, observed)) => {
                 let outcome = if observed.is_some() {
                     Outcome::Ok
@@ -241,7 +273,12 @@ impl Client {
                     status.to_string(),
                 )
             }
-            Err(e) => (Observed::Missing, Outcome::Unknown, e),
+            Err(e) => {
+                if e != "timeout" {
+                    self.move_on();
+                }
+                (Observed::Missing, Outcome::Unknown, e)
+            }
         };
         self.history.record_read(key, observed, invoke_at, outcome);
         self.count(format!("read {answer}")).await;

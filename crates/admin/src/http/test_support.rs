@@ -29,7 +29,11 @@ pub(super) async fn start_test_server() -> (
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();
-    let server = tokio::spawn(serve_http(listener, test_state(dir.path()).await, token.clone()));
+    let server = tokio::spawn(serve_http(
+        listener,
+        test_state(dir.path()).await,
+        token.clone(),
+    ));
     (dir, addr, token, server)
 }
 

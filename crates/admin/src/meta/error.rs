@@ -66,6 +66,14 @@ pub enum MetaError {
     Log(String),
     #[error("the admins' Raft group failed: {0}")]
     Raft(String),
+    #[error("--peers: {0}")]
+    Peers(String),
+    #[error(
+        "the admins' group has no leader to take a metadata change; a majority of admins must be up"
+    )]
+    NoAdminLeader,
+    #[error("forwarding a metadata change to the admins' leader failed, its outcome unknown: {0}")]
+    Forward(String),
     #[error("this admin does not lead the admins' group (leader: {leader_id:?})")]
     NotLeader {
         leader_id: Option<u64>,
@@ -90,6 +98,9 @@ impl MetaError {
             Self::Log(_) => "meta_log",
             Self::Raft(_) => "meta_raft",
             Self::NotLeader { .. } => "not_admin_leader",
+            Self::Peers(_) => "invalid_peers",
+            Self::NoAdminLeader => "no_admin_leader",
+            Self::Forward(_) => "forward_failed",
         }
     }
 }

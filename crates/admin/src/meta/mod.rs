@@ -29,19 +29,22 @@
 //! Its parts: `state` (the records, `MetaState` and `apply`), `command` (commands and outcomes),
 //! `moves` (the move model, the planner and the move transitions), `error` (refusals and errors),
 //! `format` (the state's encoding and checks), `raft` (the group's types, log entry and state
-//! machine), `store` (`MetaStore`: the group, opened and driven) and `transport` (how the
-//! group's Raft reaches other admins).
+//! machine), `store` (`MetaStore`: the group, opened and driven), `duties` (whether this admin
+//! leads; the base proposal), `forward` (a follower's changes sent to the leader) and
+//! `transport` (how the group's Raft reaches other admins).
 
 mod command;
+mod duties;
 mod error;
 mod format;
+pub mod forward;
 mod moves;
 pub mod raft;
 mod state;
 mod store;
-mod transport;
 #[cfg(test)]
 mod test_support;
+pub mod transport;
 
 pub use command::{MetaCommand, MetaOutcome};
 pub use error::{MetaError, MetaRefusal};

@@ -183,6 +183,17 @@ impl Published {
         *self.based.borrow()
     }
 
+    /// Resolves once the group's base state has been applied here.
+    pub(crate) async fn wait_based(&self) {
+        let mut based = self.based.subscribe();
+        let _ = based.wait_for(|b| *b).await;
+    }
+
+    /// A watch of [`Self::based`].
+    pub(crate) fn based_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.based.subscribe()
+    }
+
     fn publish(&self, applied: &Applied) {
         let state = &applied.state;
         let next = Arc::new(state.clone());
@@ -331,8 +342,9 @@ impl RaftStateMachine<AdminTypes> for MetaStateMachine {
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             let result = match entry.payload {
-                EntryPayload::Normal(normal) => apply_entry(&mut applied, normal)
-                    .map_err(|e| sm_error(ErrorVerb::Write, e))?,
+                EntryPayload::Normal(normal) => {
+                    apply_entry(&mut applied, normal).map_err(|e| sm_error(ErrorVerb::Write, e))?
+                }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     None

@@ -1,6 +1,12 @@
 //! [`MetaStore`], the durable home of the state: the admins' Raft group (openraft on the
 //! replicas' WAL, see [`super::raft`]); a single admin is a group of one. A command is
-//! acknowledged once it is committed (durable on a majority of the group) and applied here.
+//! acknowledged once it is committed (durable on a majority of the group) and applied here;
+//! on an admin that does not lead, it is forwarded to the leader (`forward`).
+//!
+//! Forming a group: every admin started with the same `--peers` list initializes the group
+//! with all of them as voters (openraft allows that with identical memberships); an admin's id
+//! is derived from its gRPC address, so each computes the same ids. A restart keeps the
+//! membership in the log, whatever `--peers` says; members change with `members add|remove`.
 //!
 //! Layout of the metadata directory: `raft/raft-wal/` (the log), `raft/meta-snapshot` (the
 //! last snapshot), `admin-id` (this admin's id in the group, chosen at its first start). A
@@ -8,17 +14,20 @@
 //! `db`); it is upgraded in place: that state becomes the group's base entry, and the sled
 //! files are left as they were, unused.
 
+use super::duties::{Duties, watch_leadership};
 use super::format::{decode, encode};
+use super::forward::Forwarder;
 use super::raft::{AdminNode, AdminTypes, Applied, MetaEntry, MetaStateMachine, Published};
 use super::{MetaCommand, MetaError, MetaOutcome, MetaState};
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use ravel_core::limits;
+use ravel_proto::v1::AdminStatusReply;
 use ravel_storage::{LogStore, WalOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Name of the sled tree an admin from before the Raft group kept its metadata in.
 const LEGACY_TREE: &str = "meta";
@@ -44,6 +53,12 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000;
 /// How long opening waits for a group of one to elect itself and apply its log.
 const OPEN_LEADER_WAIT_MS: u64 = 30_000;
 
+/// How long a command waits for the group to have a leader it can be forwarded to.
+const FORWARD_BUDGET_MS: u64 = 10_000;
+
+/// Pause between looks for a leader while the group has none.
+const NO_LEADER_PAUSE_MS: u64 = 100;
+
 /// Raft timing of the admins' group, as the replicas' groups use.
 const HEARTBEAT_INTERVAL_MS: u64 = 100;
 const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
@@ -56,19 +71,52 @@ pub struct MetaOptions {
     pub partitions: Option<u32>,
     /// This admin's addresses, as the group's membership records them.
     pub node: AdminNode,
+    /// The gRPC addresses of every admin of the group, this one's included (`--peers`); empty
+    /// or only this admin: a group of one.
+    pub peers: Vec<String>,
     /// Entries between snapshots.
     pub snapshot_every: u64,
 }
 
 impl MetaOptions {
-    /// Options for a new store of `partitions` partitions (or the default), unknown addresses.
+    /// Options for a single admin's store of `partitions` partitions (or the default).
     #[must_use]
     pub fn new(partitions: Option<u32>) -> Self {
         Self {
             partitions,
             node: AdminNode::default(),
+            peers: Vec::new(),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
+    }
+
+    /// The group's first membership: this admin alone, or every peer by its id.
+    fn first_members(&self) -> Result<BTreeMap<u64, AdminNode>, MetaError> {
+        let own = &self.node.grpc_addr;
+        let peers: std::collections::BTreeSet<&String> = self.peers.iter().collect();
+        if peers.len() <= 1 && peers.iter().all(|p| *p == own) {
+            return Ok(BTreeMap::from([(admin_id_of(own), self.node.clone())]));
+        }
+        if !peers.contains(own) {
+            return Err(MetaError::Peers(format!(
+                "--peers must list this admin's own --grpc address {own} (the same list on every admin)"
+            )));
+        }
+        let mut members = BTreeMap::new();
+        for addr in peers {
+            let node = if addr == own {
+                self.node.clone()
+            } else {
+                AdminNode {
+                    grpc_addr: addr.clone(),
+                    http_addr: String::new(),
+                }
+            };
+            if members.insert(admin_id_of(addr), node).is_some() {
+                return Err(MetaError::Peers(format!("--peers lists {addr} twice")));
+            }
+        }
+        Ok(members)
     }
 }
 
@@ -77,6 +125,8 @@ pub struct MetaStore {
     raft: Raft<AdminTypes>,
     id: u64,
     published: Arc<Published>,
+    duties: Duties,
+    forwarder: Forwarder,
 }
 
 /// This admin's id in the group: the one stored in `dir`, or a new one derived from its gRPC
@@ -124,6 +174,8 @@ struct OnDisk {
     log: LogStore<AdminTypes>,
     /// The last snapshot, or the unbased start (legacy state or a new store).
     applied: Applied,
+    /// Whether the start state is an older admin's (it must start as a group of one).
+    legacy: bool,
     id: u64,
 }
 
@@ -134,22 +186,25 @@ fn open_disk(dir: &Path, options: &MetaOptions) -> Result<OnDisk, MetaError> {
         segment_bytes: ADMIN_WAL_SEGMENT_BYTES,
         ..WalOptions::default()
     };
-    let log = LogStore::<AdminTypes>::open(&raft_dir, wal).map_err(|e| MetaError::Log(e.to_string()))?;
-    let applied = match super::raft::load_snapshot(&raft_dir)? {
-        Some(snapshot) => snapshot,
-        None => {
-            let base = match load_legacy(dir)? {
-                Some(legacy) => {
-                    tracing::info!(path = %dir.display(), "upgrading the admin metadata to a Raft group");
-                    legacy
-                }
-                None => MetaState::new(options.partitions.unwrap_or(limits::DEFAULT_PARTITIONS)),
-            };
-            Applied::unbased(base)
-        }
+    let log =
+        LogStore::<AdminTypes>::open(&raft_dir, wal).map_err(|e| MetaError::Log(e.to_string()))?;
+    let (applied, legacy) = match super::raft::load_snapshot(&raft_dir)? {
+        Some(snapshot) => (snapshot, false),
+        None => match load_legacy(dir)? {
+            Some(legacy) => (Applied::unbased(legacy), true),
+            None => {
+                let partitions = options.partitions.unwrap_or(limits::DEFAULT_PARTITIONS);
+                (Applied::unbased(MetaState::new(partitions)), false)
+            }
+        },
     };
     let id = admin_id(dir, &options.node)?;
-    Ok(OnDisk { log, applied, id })
+    Ok(OnDisk {
+        log,
+        applied,
+        legacy,
+        id,
+    })
 }
 
 fn raft_config(snapshot_every: u64) -> Result<Config, MetaError> {
@@ -167,6 +222,27 @@ fn raft_config(snapshot_every: u64) -> Result<Config, MetaError> {
         .map_err(|e| MetaError::Raft(format!("configuration: {e}")))
 }
 
+/// Forms the group with `members` unless this admin's log already holds a membership.
+async fn form_group(
+    raft: &Raft<AdminTypes>,
+    id: u64,
+    members: BTreeMap<u64, AdminNode>,
+) -> Result<(), MetaError> {
+    if raft.is_initialized().await.map_err(raft_error)? {
+        return Ok(());
+    }
+    let count = members.len();
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(admin = id, admins = count, "formed the admins' group");
+            Ok(())
+        }
+        // Another admin's membership reached this one first.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(raft_error(e)),
+    }
+}
+
 fn raft_error(e: impl std::fmt::Display) -> MetaError {
     MetaError::Raft(e.to_string())
 }
@@ -181,77 +257,126 @@ impl MetaStore {
         Self::open_with(dir, MetaOptions::new(partitions)).await
     }
 
-    /// Opens (or creates) the metadata in `dir` as a group of one, waits until this admin
-    /// leads it and has applied its whole log, and checks the partition count.
+    /// Opens (or creates) the metadata in `dir` and starts this admin's member of the group
+    /// (forming the group on the first start). A group of one is led at once: this waits until
+    /// this admin leads it and has applied its whole log, and checks the partition count. In a
+    /// larger group this returns at once; the state is routable once the group's base is
+    /// applied here ([`Self::based`]).
     pub async fn open_with(dir: &Path, options: MetaOptions) -> Result<Self, MetaError> {
         if let Some(given) = options.partitions
             && !(1..=limits::MAX_PARTITIONS).contains(&given)
         {
             return Err(MetaError::InvalidPartitions { given });
         }
-        let OnDisk { log, applied, id } = {
+        let members = options.first_members()?;
+        let OnDisk {
+            log,
+            applied,
+            legacy,
+            id,
+        } = {
             let (dir, options) = (dir.to_path_buf(), options.clone());
             tokio::task::spawn_blocking(move || open_disk(&dir, &options))
                 .await
                 .map_err(|e| MetaError::Task(e.to_string()))??
         };
+        if members.len() > 1 && legacy {
+            return Err(MetaError::Peers(
+                "this directory holds an older single admin's metadata: start it once without \
+                 --peers to upgrade it, then add admins with `ravel_admin members add`"
+                    .into(),
+            ));
+        }
+        if members.len() > 1 && !members.contains_key(&id) {
+            return Err(MetaError::Peers(format!(
+                "this directory belongs to admin {id}, first started with another --grpc \
+                 address than {}; start it with that address",
+                options.node.grpc_addr
+            )));
+        }
         let base = encode(&applied.state)?;
         let sm = MetaStateMachine::durable(applied, &dir.join(RAFT_DIR));
         let published = sm.published();
         let config = Arc::new(raft_config(options.snapshot_every)?);
-        let raft = Raft::new(id, config, super::transport::Network, log, sm)
+        let raft = Raft::new(id, config, super::transport::network(), log, sm)
             .await
             .map_err(raft_error)?;
+        let alone = members.len() == 1;
+        if let Err(e) = form_group(&raft, id, members).await {
+            let _ = raft.shutdown().await;
+            return Err(e);
+        }
+        let duties = watch_leadership(raft.clone(), id, Arc::clone(&published), base);
         let store = Self {
+            forwarder: Forwarder::default(),
             raft,
             id,
             published,
+            duties,
         };
-        if let Err(e) = store.start_alone(options, base).await {
+        if alone && let Err(e) = store.start_alone(options.partitions).await {
             store.close().await;
             return Err(e);
         }
         Ok(store)
     }
 
-    /// Makes this admin the leader of its group of one (forming the group on the first start),
-    /// proposes the base state if the group has none yet, waits for the whole log to apply and
-    /// checks the partition count against `options`.
-    async fn start_alone(&self, options: MetaOptions, base: Vec<u8>) -> Result<(), MetaError> {
-        if !self.raft.is_initialized().await.map_err(raft_error)? {
-            let members = BTreeMap::from([(self.id, options.node.clone())]);
-            self.raft.initialize(members).await.map_err(raft_error)?;
-        }
+    /// Waits until this admin leads its group of one and has applied the group's base and its
+    /// whole log, then checks the partition count against `partitions`.
+    async fn start_alone(&self, partitions: Option<u32>) -> Result<(), MetaError> {
         let id = self.id;
         self.raft
             .wait(Some(Duration::from_millis(OPEN_LEADER_WAIT_MS)))
-            .metrics(|m| m.current_leader == Some(id), "this admin leads its group")
+            .metrics(
+                |m| m.current_leader == Some(id),
+                "this admin leads its group",
+            )
             .await
             .map_err(raft_error)?;
-        if !self.published.based() {
-            self.raft
-                .client_write(MetaEntry::Base(base))
-                .await
-                .map_err(raft_error)?;
-        }
+        let mut leading = self.duties.leading();
+        tokio::time::timeout(
+            Duration::from_millis(OPEN_LEADER_WAIT_MS),
+            leading.wait_for(|l| *l),
+        )
+        .await
+        .map_err(|_| MetaError::Raft("the group's base state was not committed in time".into()))?
+        .map_err(raft_error)?;
         self.raft.ensure_linearizable().await.map_err(raft_error)?;
+        self.check_partitions(partitions)
+    }
+
+    /// Refuses a `--partitions` other than the group's.
+    pub fn check_partitions(&self, partitions: Option<u32>) -> Result<(), MetaError> {
         let state = self.current();
-        if let Some(given) = options.partitions
-            && given != state.partitions
-        {
-            return Err(MetaError::PartitionsFixed {
-                stored: state.partitions,
-                given,
-            });
+        match partitions {
+            Some(given) if self.based() && given != state.partitions => {
+                Err(MetaError::PartitionsFixed {
+                    stored: state.partitions,
+                    given,
+                })
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Stops the group's Raft (its log is durable already). Call before dropping the store.
     pub async fn close(&self) {
+        self.duties.stop();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "the admins' Raft did not stop cleanly");
         }
+    }
+
+    /// This admin's id in the group.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The group's Raft, for the admin's `RaftTransport` service.
+    #[must_use]
+    pub fn raft(&self) -> &Raft<AdminTypes> {
+        &self.raft
     }
 
     /// The current state; cheap (an Arc clone), never blocks on I/O.
@@ -259,16 +384,104 @@ impl MetaStore {
         self.published.current()
     }
 
-    /// Applies `cmd` through the group and returns once it is committed and applied here. A
-    /// refusal ([`MetaError::Refused`]) changes nothing. On any other error whether the command
-    /// was committed is unknown.
+    /// Whether the group's base state is applied here, so that the state can route.
+    #[must_use]
+    pub fn based(&self) -> bool {
+        self.published.based()
+    }
+
+    /// Resolves once the group's base state is applied here.
+    pub async fn wait_based(&self) {
+        self.published.wait_based().await;
+    }
+
+    /// Whether this admin leads the group (and its base is applied): only the leader places
+    /// replicas and drives moves.
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        *self.duties.leading().borrow()
+    }
+
+    /// A watch of [`Self::is_leader`].
+    #[must_use]
+    pub fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.duties.leading()
+    }
+
+    /// Where this admin stands in the group, as `AdminStatus` answers.
+    #[must_use]
+    pub fn status(&self, node: &AdminNode) -> AdminStatusReply {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let membership = m.membership_config.membership();
+        AdminStatusReply {
+            admin_id: self.id,
+            grpc_addr: node.grpc_addr.clone(),
+            http_addr: node.http_addr.clone(),
+            role: role.into(),
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            last_applied_index: m.last_applied.map_or(0, |l| l.index),
+            based: self.based(),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    /// Every member of the group with its addresses as the membership records them (a peer's
+    /// HTTP address is learnt from its `AdminStatus`) and whether it votes.
+    #[must_use]
+    pub fn members(&self) -> Vec<(u64, AdminNode, bool)> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// Applies `cmd` through the group and returns once it is committed and applied here (on
+    /// an admin that does not lead: forwarded to the leader, and applied there). A refusal
+    /// ([`MetaError::Refused`]) changes nothing. On any other error whether the command was
+    /// committed is unknown, except for [`MetaError::NoAdminLeader`], which it was not.
     pub async fn execute(&self, cmd: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        let began = Instant::now();
+        loop {
+            match self.execute_here(cmd.clone()).await {
+                Err(MetaError::NotLeader { leader, .. }) => {
+                    if let Some(leader) = leader
+                        && let Some(answer) = self.forwarder.forward(&leader, &cmd).await?
+                    {
+                        return answer;
+                    }
+                }
+                other => return other,
+            }
+            if began.elapsed() >= Duration::from_millis(FORWARD_BUDGET_MS) {
+                return Err(MetaError::NoAdminLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await;
+        }
+    }
+
+    /// Applies `cmd` if this admin leads the group; otherwise [`MetaError::NotLeader`] with the
+    /// leader it knows of.
+    pub async fn execute_here(&self, cmd: MetaCommand) -> Result<MetaOutcome, MetaError> {
         let written = self.raft.client_write(MetaEntry::Command(cmd)).await;
         match written {
             Ok(response) => match response.data {
                 Some(Ok(outcome)) => Ok(outcome),
                 Some(Err(refusal)) => Err(MetaError::Refused(refusal)),
-                None => Err(MetaError::Raft("a command was applied without an outcome".into())),
+                None => Err(MetaError::Raft(
+                    "a command was applied without an outcome".into(),
+                )),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(MetaError::NotLeader {
@@ -379,10 +592,15 @@ mod tests {
             snapshot_every: 4,
             ..MetaOptions::new(Some(16))
         };
-        let store = MetaStore::open_with(dir.path(), options.clone()).await.unwrap();
+        let store = MetaStore::open_with(dir.path(), options.clone())
+            .await
+            .unwrap();
         store.execute(register(1, true)).await.unwrap();
         for token in 2..=30 {
-            store.execute(register(token, token % 3 == 0)).await.unwrap();
+            store
+                .execute(register(token, token % 3 == 0))
+                .await
+                .unwrap();
         }
         let expected = (*store.current()).clone();
         // Snapshots are built in the background: wait for one past the first few entries.
@@ -413,13 +631,17 @@ mod tests {
         {
             let db = sled::Config::new().path(dir.path()).open().unwrap();
             let tree = db.open_tree(LEGACY_TREE).unwrap();
-            tree.insert(LEGACY_STATE_KEY, encode(&old).unwrap()).unwrap();
+            tree.insert(LEGACY_STATE_KEY, encode(&old).unwrap())
+                .unwrap();
             db.flush().unwrap();
         }
         let store = MetaStore::open(dir.path(), None).await.unwrap();
         assert_eq!(*store.current(), old);
         let outcome = store.execute(register(3, false)).await.unwrap();
-        assert!(matches!(outcome, MetaOutcome::Registered { node_id: 3, .. }));
+        assert!(matches!(
+            outcome,
+            MetaOutcome::Registered { node_id: 3, .. }
+        ));
         let expected = (*store.current()).clone();
         store.close().await;
 

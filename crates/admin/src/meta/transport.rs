@@ -1,70 +1,77 @@
-//! How the admins' Raft reaches the other admins of its group.
-//!
-//! A group of one never sends a Raft message, so for now every peer is unreachable; the gRPC
-//! transport between admins (`--peers`) replaces this.
+//! How the admins' Raft reaches the other admins of its group: the store's shared Raft
+//! transport (`ravel_raft_transport`) between the admins' `--grpc` ports, in envelopes for
+//! [`ADMIN_GROUP_ID`], and the `RaftTransport` service each admin serves there. The admins
+//! need neither pre-vote nor leadership hand-over, so those two calls are refused.
 
 use super::raft::{AdminNode, AdminTypes};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use openraft::Raft;
+use ravel_proto::v1::raft_transport_server::{RaftTransport, RaftTransportServer};
+use ravel_proto::v1::{RaftEnvelope, RaftReply};
+use ravel_raft_transport::{ADMIN_GROUP_ID, Endpoint, NetworkFactory};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
 
-/// Builds a [`Peer`] per other admin.
-#[derive(Clone, Default)]
-pub struct Network;
+/// openraft's network of one admin.
+pub type Network = NetworkFactory<AdminTypes>;
 
-/// openraft's link to one other admin.
-pub struct Peer {
-    addr: String,
+/// The network to the other admins (each serves Raft on its gRPC address).
+#[must_use]
+pub fn network() -> Network {
+    NetworkFactory::new(
+        ADMIN_GROUP_ID,
+        |node: &AdminNode| node.grpc_addr.as_str(),
+        Arc::new(()),
+    )
 }
 
-impl RaftNetworkFactory<AdminTypes> for Network {
-    type Network = Peer;
+/// The `RaftTransport` service of admin `id`.
+pub struct AdminRaftService {
+    endpoint: Endpoint<AdminTypes>,
+}
 
-    async fn new_client(&mut self, _target: u64, node: &AdminNode) -> Peer {
-        Peer {
-            addr: node.grpc_addr.clone(),
-        }
+impl AdminRaftService {
+    /// The tonic service for admin `id`, served by `raft`.
+    #[must_use]
+    pub fn server(id: u64, raft: Raft<AdminTypes>) -> RaftTransportServer<Self> {
+        RaftTransportServer::new(Self {
+            endpoint: Endpoint::new(ADMIN_GROUP_ID, id, raft),
+        })
+        .max_decoding_message_size(ravel_core::limits::MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(ravel_core::limits::MAX_GRPC_MESSAGE_BYTES)
     }
 }
 
-impl Peer {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<u64, AdminNode, E> {
-        let why = std::io::Error::other(format!(
-            "admin {} is not reachable: this build runs the admins' group as a group of one",
-            self.addr
-        ));
-        RPCError::Unreachable(Unreachable::new(&why))
-    }
-}
-
-impl RaftNetwork<AdminTypes> for Peer {
+#[tonic::async_trait]
+impl RaftTransport for AdminRaftService {
     async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<AdminTypes>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, AdminNode, RaftError<u64>>> {
-        Err(self.unreachable())
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftReply>, Status> {
+        Ok(self.endpoint.append_entries(request.into_inner()).await?.0)
+    }
+
+    async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftReply>, Status> {
+        Ok(self.endpoint.vote(request.into_inner()).await?.0)
     }
 
     async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<AdminTypes>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, AdminNode, RaftError<u64, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftReply>, Status> {
+        Ok(self
+            .endpoint
+            .install_snapshot(request.into_inner())
+            .await?
+            .0)
     }
 
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, AdminNode, RaftError<u64>>> {
-        Err(self.unreachable())
+    async fn timeout_now(&self, _: Request<RaftEnvelope>) -> Result<Response<RaftReply>, Status> {
+        Err(Status::unimplemented(
+            "the admins' group has no leadership hand-over",
+        ))
+    }
+
+    async fn pre_vote(&self, _: Request<RaftEnvelope>) -> Result<Response<RaftReply>, Status> {
+        Err(Status::unimplemented("the admins' group has no pre-vote"))
     }
 }
