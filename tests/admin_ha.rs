@@ -260,3 +260,163 @@ async fn leader_kill_and_migration(tc: &mut TestCluster, config: &WorkloadConfig
     let report = history.check(&finals);
     common::ensure_history_proves(&report, finals.len(), keys.len())
 }
+
+/// `count` writes and reads of fresh keys through admin `i`; fails on any answer but 200.
+async fn all_served_through(tc: &TestCluster, i: usize, tag: &str, count: usize) -> Result<()> {
+    let http = ravel_testkit::http_client(Duration::from_secs(10))?;
+    for n in 0..count {
+        let key = format!("{tag}-{n}");
+        let put = http
+            .post(tc.admin_url(i, "/put"))
+            .json(&json!({"key": key, "val": n}))
+            .send()
+            .await?;
+        ensure!(
+            put.status() == 200,
+            "write of {key} through admin {i}: {}",
+            put.status()
+        );
+        let get = http
+            .post(tc.admin_url(i, "/get"))
+            .json(&json!({"key": key}))
+            .send()
+            .await?;
+        ensure!(
+            get.status() == 200,
+            "read of {key} through admin {i}: {}",
+            get.status()
+        );
+        let body: Value = get.json().await?;
+        ensure!(body["val"] == n, "read of {key} through admin {i}: {body}");
+    }
+    Ok(())
+}
+
+/// Replicas registered, as admin `i` sees them.
+async fn replicas_seen_by(tc: &TestCluster, i: usize) -> Result<usize> {
+    let view = view_at(tc, i).await?;
+    Ok(view["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["replicas"].as_array().map_or(0, Vec::len))
+        .sum())
+}
+
+/// With one admin of three down every admin still up routes every request; with two down the
+/// last one still serves reads and writes, while a metadata change (a new replica registering)
+/// waits until a majority is back, and then goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_majority_of_admins_down_stops_only_metadata_changes() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tc = common::new_cluster("admin_ha_majority")
+        .expect("test cluster")
+        .with_admins(ADMINS);
+    if let Err(e) = majority_down(&mut tc).await {
+        panic!("admin majority test failed: {e:#}");
+    }
+    tc.finish();
+}
+
+async fn majority_down(tc: &mut TestCluster) -> Result<()> {
+    common::start_clusters(tc, 1, REPLICAS).await?;
+    let leader = wait_admin_leader(tc, 0, None, ADMINS).await?;
+    let follower = (leader + 1) % ADMINS;
+    let last = (leader + 2) % ADMINS;
+
+    tc.kill9_admin_at(follower);
+    for i in [leader, last] {
+        all_served_through(tc, i, &format!("minority-{i}"), 20).await?;
+    }
+
+    tc.kill9_admin_at(leader);
+    tc.use_admin(last);
+    all_served_through(tc, last, "majority", 20).await?;
+    let registered = replicas_seen_by(tc, last).await?;
+    tc.start_node("c1n4", false)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(
+        replicas_seen_by(tc, last).await? == registered,
+        "a replica registered without a majority of admins"
+    );
+    // The routing still works meanwhile.
+    all_served_through(tc, last, "majority-later", 5).await?;
+
+    tc.start_admin_at(leader).await?;
+    common::wait_replica_count(tc, registered + 1).await?;
+    common::wait_voters(tc, registered + 1).await?;
+    Ok(())
+}
+
+/// Runs `ravel_admin members ...` against `endpoint`; fails unless it exits 0. Its output.
+fn members_command(args: &[&str], endpoint: &str) -> Result<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ravel_admin"))
+        .arg("members")
+        .args(args)
+        .args(["--endpoints", endpoint, "--timeout-ms", "60000"])
+        .output()
+        .context("running ravel_admin members")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "ravel_admin members {args:?} failed: {text}"
+    );
+    Ok(text)
+}
+
+/// A single admin grows into a group of three with `members add` (the second asked of the
+/// first admin, the third of the second, which forwards to the leader); every member routes;
+/// the first admin's `kill -9` leaves two that elect a leader, and `members remove` takes the
+/// dead one out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admins_are_added_and_removed_with_members_commands() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tc = common::new_cluster("admin_ha_members").expect("test cluster");
+    if let Err(e) = add_and_remove(&mut tc).await {
+        panic!("admin membership test failed: {e:#}");
+    }
+    tc.finish();
+}
+
+async fn add_and_remove(tc: &mut TestCluster) -> Result<()> {
+    common::start_clusters(tc, 1, 1).await?;
+    all_served_through(tc, 0, "alone", 5).await?;
+
+    let second = tc.add_joining_admin();
+    tc.start_admin_at(second).await?;
+    let out = members_command(&["add", &tc.admin_addrs(second).1], &tc.admin_url(0, ""))?;
+    eprintln!("{out}");
+    let third = tc.add_joining_admin();
+    tc.start_admin_at(third).await?;
+    let out = members_command(
+        &["add", &tc.admin_addrs(third).1],
+        &tc.admin_url(second, ""),
+    )?;
+    eprintln!("{out}");
+    ensure!(out.contains("added"), "{out}");
+
+    wait_admin_leader(tc, third, None, 3).await?;
+    for i in [second, third] {
+        all_served_through(tc, i, &format!("member-{i}"), 5).await?;
+    }
+
+    tc.kill9_admin_at(0);
+    tc.use_admin(second);
+    let leader = wait_admin_leader(tc, second, Some(0), 2).await?;
+    eprintln!("admin {leader} leads after the first admin's kill");
+    let out = members_command(&["remove", &tc.admin_addrs(0).1], &tc.admin_url(third, ""))?;
+    eprintln!("{out}");
+    let view = view_at(tc, second).await?;
+    let admins = view["admins"].as_array().map_or(0, Vec::len);
+    ensure!(
+        admins == 2,
+        "the removed admin is still listed: {}",
+        view["admins"]
+    );
+    all_served_through(tc, third, "after-remove", 5).await?;
+    Ok(())
+}

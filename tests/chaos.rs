@@ -75,6 +75,18 @@ async fn admin_kill_scenario_is_linearizable() {
     run_ci(Scenario::Admin, 404).await;
 }
 
+/// Three admins on Raft: `kill -9` of the admin leader mid-traffic (the clients move to
+/// another admin), with replica leader kills and a cluster added, so that moves run under a
+/// changing admin leader: no violation, no lost write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_group_leader_kill_scenario_is_linearizable() {
+    let report = run_ci(Scenario::AdminGroup, 406).await;
+    assert!(
+        report.faults.contains_key("kill_admin_leader"),
+        "the admin leader was never killed: {report}"
+    );
+}
+
 /// Clusters added and removed during traffic while leaders, followers and the admin are killed
 /// or paused mid-move: linearizable, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

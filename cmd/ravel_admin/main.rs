@@ -35,6 +35,7 @@ Examples:
   ravel_admin get user/42 -o json
   ravel_admin delete user/42 --endpoints http://10.0.0.1:8080,http://10.0.0.2:8080
   ravel_admin probe http://127.0.0.1:8080/readyz
+  ravel_admin members add 127.0.0.1:9094 --endpoints http://127.0.0.1:8081
 
 Every `start` flag can also be set in the environment: RAVEL_ADMIN_HTTP, RAVEL_ADMIN_GRPC,
 RAVEL_ADMIN_BACKUP_PATH, RAVEL_ADMIN_PARTITIONS, ...; a flag given wins over the environment.
@@ -84,6 +85,11 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Add an admin to the admin group, or remove one.
+    Members {
+        #[command(subcommand)]
+        change: MembersChange,
+    },
     /// GET a URL and exit 0 only if it answers 2xx (a health check).
     ///
     /// For container images, which have no shell and no curl:
@@ -94,6 +100,25 @@ enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, value_name = "MS", default_value_t = ravel_cli::DEFAULT_PROBE_TIMEOUT_MS)]
         timeout_ms: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MembersChange {
+    /// Make the admin serving gRPC at GRPC a voter of the group. Start it first with
+    /// `ravel_admin start ... --join`; it catches up, then votes.
+    Add {
+        /// The new admin's --grpc address, host:port.
+        grpc: SocketAddr,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Take the admin serving gRPC at GRPC out of the group (stop it afterwards).
+    Remove {
+        /// The admin's --grpc address, host:port.
+        grpc: SocketAddr,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -147,6 +172,10 @@ struct StartArgs {
         value_delimiter = ','
     )]
     peers: Vec<SocketAddr>,
+    /// Join an existing admin group instead of forming one: the admin waits until an admin of
+    /// the group adds it (`ravel_admin members add`). Keep it on restarts.
+    #[arg(long, env = "RAVEL_ADMIN_JOIN", conflicts_with = "peers")]
+    join: bool,
     /// Most partition moves (migrations) run at once; more move faster, fewer disturb client
     /// traffic less.
     #[arg(long, env = "RAVEL_ADMIN_MAX_CONCURRENT_MOVES", value_name = "N",
@@ -184,6 +213,7 @@ fn main() -> anyhow::Result<()> {
             backup_path: args.backup_path,
             partitions: args.partitions,
             peers: args.peers.iter().map(SocketAddr::to_string).collect(),
+            join: args.join,
             max_concurrent_moves: args.max_concurrent_moves,
             move_retry_backoff_ms: args.move_retry_backoff_ms,
         };
@@ -209,7 +239,10 @@ fn run_client(command: Command) -> i32 {
         Command::Status(c)
         | Command::Get { client: c, .. }
         | Command::Put { client: c, .. }
-        | Command::Delete { client: c, .. } => c.output,
+        | Command::Delete { client: c, .. }
+        | Command::Members {
+            change: MembersChange::Add { client: c, .. } | MembersChange::Remove { client: c, .. },
+        } => c.output,
         Command::Start(_) | Command::Probe { .. } => ravel_cli::Output::Table,
     };
     let result = runtime.block_on(async move {
@@ -239,6 +272,14 @@ fn run_client(command: Command) -> i32 {
             }
             Command::Delete { key, cas, client } => {
                 ravel_cli::delete(&connect(&client)?, &key, cas, client.output).await
+            }
+            Command::Members { change } => {
+                let (add, grpc, client) = match change {
+                    MembersChange::Add { grpc, client } => (true, grpc, client),
+                    MembersChange::Remove { grpc, client } => (false, grpc, client),
+                };
+                ravel_cli::change_admins(&connect(&client)?, add, &grpc.to_string(), client.output)
+                    .await
             }
             Command::Probe { url, timeout_ms } => {
                 ravel_cli::probe(&url, Duration::from_millis(timeout_ms)).await

@@ -101,6 +101,8 @@ pub struct AdminConfig {
     /// The gRPC addresses of every admin of the admins' group, this one's included
     /// (`--peers`); empty: a group of one.
     pub peers: Vec<String>,
+    /// Join an existing admins' group instead of forming one (`--join`).
+    pub join: bool,
     /// Most partition moves started at once (`--max-concurrent-moves`, default
     /// [`mover::DEFAULT_MAX_CONCURRENT_MOVES`]).
     pub max_concurrent_moves: usize,
@@ -163,6 +165,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
         backup_path,
         partitions,
         peers,
+        join,
         max_concurrent_moves,
         move_retry_backoff_ms,
     } = config;
@@ -179,6 +182,7 @@ pub async fn run(config: AdminConfig, shutdown: CancellationToken) -> Result<(),
             http_addr: addrs.http.clone(),
         },
         peers,
+        join,
         ..meta::MetaOptions::new(partitions)
     };
     let meta = meta::MetaStore::open_with(&backup_path, options)
@@ -330,6 +334,7 @@ mod tests {
             backup_path: dir.path().to_path_buf(),
             partitions: Some(16),
             peers: Vec::new(),
+            join: false,
             max_concurrent_moves: mover::DEFAULT_MAX_CONCURRENT_MOVES,
             move_retry_backoff_ms: mover::DEFAULT_MOVE_RETRY_BACKOFF_MS,
         };

@@ -6,6 +6,7 @@
 //! requests, talks to cluster leaders where a removal needs it, and maps outcomes to `Status`
 //! (the one place that mapping lives). It must not touch the partition table itself.
 
+use crate::meta::members::{self, AdminChange};
 use crate::meta::raft::AdminNode;
 use crate::meta::{MetaCommand, MetaError, MetaOutcome, MetaRefusal, forward};
 use crate::placement::{LeaderCallError, call_leader, control_request};
@@ -13,9 +14,10 @@ use crate::{SharedState, pool};
 use ravel_core::{ClusterId, NodeId, limits};
 use ravel_proto::v1::admin_server::{Admin, AdminServer};
 use ravel_proto::v1::{
-    AdminStatusReply, AdminStatusRequest, ClusterInfoReply, ClusterInfoRequest, LeaderReport,
-    LeaderReportReply, LeaveRequest, MetaProposal, MetaProposalReply, RegisterReply,
-    RegisterRequest, RemoveReplicaReply, RemoveReplicaRequest, ReplicaInfo,
+    AdminStatusReply, AdminStatusRequest, ChangeAdminsReply, ChangeAdminsRequest, ClusterInfoReply,
+    ClusterInfoRequest, LeaderReport, LeaderReportReply, LeaveRequest, MetaProposal,
+    MetaProposalReply, RegisterReply, RegisterRequest, RemoveReplicaReply, RemoveReplicaRequest,
+    ReplicaInfo,
 };
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -354,6 +356,22 @@ impl Admin for NodeApi {
             self.state.mover.wake();
         }
         Ok(Response::new(forward::encode_answer(&answer)?))
+    }
+
+    async fn change_admins(
+        &self,
+        request: Request<ChangeAdminsRequest>,
+    ) -> Result<Response<ChangeAdminsReply>, Status> {
+        let req = request.into_inner();
+        pool::validate_addr(&req.grpc_addr)
+            .map_err(|e| Status::invalid_argument(format!("grpc_addr: {e}")))?;
+        let change = if req.add {
+            AdminChange::Add(req.grpc_addr)
+        } else {
+            AdminChange::Remove(req.grpc_addr)
+        };
+        let answer = members::change_answer(self.state.meta.change_admins_here(&change).await);
+        Ok(Response::new(forward::encode_change_answer(&answer)?))
     }
 
     async fn admin_status(

@@ -153,6 +153,31 @@ pub async fn delete(
     })
 }
 
+/// `ravel_admin members add|remove GRPC`: adds the admin serving gRPC at `grpc` to the admin
+/// group (`add`) or removes it; prints the voters after the change.
+pub async fn change_admins(
+    client: &Client,
+    add: bool,
+    grpc: &str,
+    output: Output,
+) -> Result<String, CliError> {
+    let path = format!("/v1/admins/{grpc}");
+    let answer = if add {
+        client.put(&path, &Value::Null).await?
+    } else {
+        client.delete(&path).await?
+    }
+    .into_success()?;
+    Ok(match output {
+        Output::Json => pretty(&answer),
+        Output::Table => format!(
+            "{} {grpc}; voters now: {}\n",
+            if add { "added" } else { "removed" },
+            answer["voters"]
+        ),
+    })
+}
+
 /// `ravel_admin probe URL`: `Ok` with the body when `url` answers 2xx (a health check for
 /// containers, whose images have no shell and no curl).
 pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<String, CliError> {

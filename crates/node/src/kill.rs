@@ -307,6 +307,12 @@ mod tests {
         ) -> Result<tonic::Response<ravel_proto::v1::MetaProposalReply>, tonic::Status> {
             Err(tonic::Status::unimplemented("not in this test"))
         }
+        async fn change_admins(
+            &self,
+            _: tonic::Request<ravel_proto::v1::ChangeAdminsRequest>,
+        ) -> Result<tonic::Response<ravel_proto::v1::ChangeAdminsReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
         async fn admin_status(
             &self,
             _: tonic::Request<ravel_proto::v1::AdminStatusRequest>,

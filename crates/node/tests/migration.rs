@@ -64,6 +64,12 @@ impl Admin for FakeAdmin {
     ) -> Result<Response<MetaProposalReply>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+    async fn change_admins(
+        &self,
+        _request: Request<ChangeAdminsRequest>,
+    ) -> Result<Response<ChangeAdminsReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
     async fn admin_status(
         &self,
         _request: Request<AdminStatusRequest>,

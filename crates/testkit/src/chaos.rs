@@ -68,11 +68,15 @@ pub enum Scenario {
     /// A follower cut off for long holds while the majority writes: exposes reads served from a
     /// follower's local state (what `RAVEL_FAULT_FOLLOWER_READS=1` breaks on purpose).
     StaleFollower,
+    /// Three admins on Raft: `kill -9` of the admin leader (the workload moves to another
+    /// admin), mixed with replica leader kills and a cluster added (moves under a changing
+    /// admin leader).
+    AdminGroup,
 }
 
 impl Scenario {
     /// Every scenario, by name.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::All,
         Scenario::Kill,
         Scenario::Pause,
@@ -80,6 +84,7 @@ impl Scenario {
         Scenario::Admin,
         Scenario::Migration,
         Scenario::StaleFollower,
+        Scenario::AdminGroup,
     ];
 
     #[must_use]
@@ -92,6 +97,7 @@ impl Scenario {
             Self::Admin => "admin",
             Self::Migration => "migration",
             Self::StaleFollower => "stale-follower",
+            Self::AdminGroup => "admin-group",
         }
     }
 
@@ -133,6 +139,16 @@ impl Scenario {
                 PauseLeader,
             ],
             Self::StaleFollower => &[IsolateFollower],
+            Self::AdminGroup => &[KillAdminLeader, KillAdminLeader, KillLeader, AddCluster],
+        }
+    }
+
+    /// Admins in the admin group.
+    #[must_use]
+    pub fn admins(self) -> usize {
+        match self {
+            Self::AdminGroup => 3,
+            _ => 1,
         }
     }
 
@@ -389,6 +405,7 @@ pub async fn run(options: &ChaosOptions) -> Result<ChaosReport> {
     )?
     .with_raft_proxies()
     .with_grpc_proxies()
+    .with_admins(scenario.admins())
     .with_admin_args(&admin_args);
     let mut nemesis = Nemesis::new(scenario.replicas());
     tc.start_admin().await?;
@@ -402,7 +419,7 @@ pub async fn run(options: &ChaosOptions) -> Result<ChaosReport> {
         ..ChaosReport::default()
     };
     let recorder = Arc::new(Recorder::<String>::new());
-    let workload = Workload::start(&tc.url(""), &options.workload, Arc::clone(&recorder))?;
+    let workload = Workload::start(&tc.admin_urls(), &options.workload, Arc::clone(&recorder))?;
 
     // The nemesis loop: rest, fault, hold, heal.
     let mut rng = StdRng::seed_from_u64(options.seed);
@@ -538,11 +555,12 @@ async fn finish_run(
             Outcome::Unknown => report.ops_unknown += 1,
         }
     }
-    let api = Api {
-        http: workload::http_client(options.workload.request_timeout)?,
-        base_url: tc.url(""),
-        recorder: Arc::clone(recorder),
-    };
+    let api = Api::new(
+        workload::http_client(options.workload.request_timeout)?,
+        &[tc.url("")],
+        0,
+        Arc::clone(recorder),
+    );
 
     // Liveness: a write succeeds within the deadline.
     let healed_at = Instant::now();

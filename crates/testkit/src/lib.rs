@@ -171,6 +171,26 @@ pub struct NodeSpec {
     pub leader_flag: bool,
 }
 
+/// An admin of a group other than the first.
+struct MoreAdmin {
+    http_addr: String,
+    grpc_addr: String,
+    /// Started with `--join` (added later with `members add`) rather than `--peers`.
+    join: bool,
+    proc: Option<Proc>,
+}
+
+impl MoreAdmin {
+    fn new(join: bool) -> Self {
+        Self {
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            grpc_addr: format!("127.0.0.1:{}", free_port()),
+            join,
+            proc: None,
+        }
+    }
+}
+
 /// An admin and a set of replicas started from the real binaries.
 pub struct TestCluster {
     root: PathBuf,
@@ -190,9 +210,10 @@ pub struct TestCluster {
     /// The pid of each running replica, for the proxies' source classifier.
     node_pids: Arc<Mutex<BTreeMap<String, u32>>>,
     extra_admin_args: Vec<String>,
-    /// Admins 2, 3, ... of an admin group ([`TestCluster::with_admins`]): HTTP and gRPC
-    /// address and process; admin 1 is `http_addr`, `admin_grpc_addr` and `admin`.
-    more_admins: Vec<(String, String, Option<Proc>)>,
+    /// Admins 2, 3, ... of an admin group ([`TestCluster::with_admins`],
+    /// [`TestCluster::add_joining_admin`]); admin 1 is `http_addr`, `admin_grpc_addr` and
+    /// `admin`.
+    more_admins: Vec<MoreAdmin>,
     /// The admin the helpers talk to.
     primary: usize,
     http: reqwest::Client,
@@ -357,6 +378,11 @@ impl TestCluster {
         self.admin_url(self.primary, path)
     }
 
+    /// The index of the admin the helpers talk to.
+    pub fn primary_admin(&self) -> usize {
+        self.primary
+    }
+
     /// Makes admin `i` the one the helpers (`url`, `cluster_view`, `wait_ready`, ...) talk to,
     /// e.g. while another is down.
     pub fn use_admin(&mut self, i: usize) {
@@ -367,16 +393,15 @@ impl TestCluster {
     /// Runs `n` admins as one admin group (`--peers`) instead of one; replicas are given all
     /// of them (`-a` with a list). Call before starting anything.
     pub fn with_admins(mut self, n: usize) -> Self {
-        self.more_admins = (1..n)
-            .map(|_| {
-                (
-                    format!("127.0.0.1:{}", free_port()),
-                    format!("127.0.0.1:{}", free_port()),
-                    None,
-                )
-            })
-            .collect();
+        self.more_admins = (1..n).map(|_| MoreAdmin::new(false)).collect();
         self
+    }
+
+    /// Adds an admin that will start with `--join` (to be added to the running group with
+    /// `ravel_admin members add`); returns its index. Replicas started before do not know it.
+    pub fn add_joining_admin(&mut self) -> usize {
+        self.more_admins.push(MoreAdmin::new(true));
+        self.more_admins.len()
     }
 
     /// How many admins this test runs.
@@ -384,10 +409,16 @@ impl TestCluster {
         1 + self.more_admins.len()
     }
 
-    /// Every admin's gRPC address, comma-separated (the replicas' `-a`, the admins' `--peers`).
+    /// Every admin's gRPC address but the joining ones, comma-separated (the replicas' `-a`,
+    /// the admins' `--peers`).
     pub fn admin_grpc_list(&self) -> String {
         std::iter::once(&self.admin_grpc_addr)
-            .chain(self.more_admins.iter().map(|(_, grpc, _)| grpc))
+            .chain(
+                self.more_admins
+                    .iter()
+                    .filter(|a| !a.join)
+                    .map(|a| &a.grpc_addr),
+            )
             .cloned()
             .collect::<Vec<_>>()
             .join(",")
@@ -398,8 +429,8 @@ impl TestCluster {
         match i {
             0 => (self.http_addr.clone(), self.admin_grpc_addr.clone()),
             _ => {
-                let (http, grpc, _) = &self.more_admins[i - 1];
-                (http.clone(), grpc.clone())
+                let admin = &self.more_admins[i - 1];
+                (admin.http_addr.clone(), admin.grpc_addr.clone())
             }
         }
     }
@@ -419,7 +450,7 @@ impl TestCluster {
     fn admin_proc(&mut self, i: usize) -> &mut Option<Proc> {
         match i {
             0 => &mut self.admin,
-            _ => &mut self.more_admins[i - 1].2,
+            _ => &mut self.more_admins[i - 1].proc,
         }
     }
 
@@ -452,7 +483,9 @@ impl TestCluster {
                 "--backupPath".into(),
                 self.root.join(&name).display().to_string(),
             ];
-            if self.admin_count() > 1 {
+            if i > 0 && self.more_admins[i - 1].join {
+                args.push("--join".into());
+            } else if self.admin_grpc_list().contains(',') {
                 args.push("--peers".into());
                 args.push(self.admin_grpc_list());
             }

@@ -1,4 +1,5 @@
-//! The route handlers: each parses its request, asks the router, and answers in JSON.
+//! The route handlers: each parses its request, asks the router (or, for the admins'
+//! membership, the metadata), and answers in JSON.
 
 use super::HttpState;
 use super::body::RawBody;
@@ -9,7 +10,9 @@ use super::parse::{
 use super::response::{json_text, json_value, record_json};
 use crate::cluster_view;
 use crate::error::ApiError;
-use axum::extract::State;
+use crate::meta::MetaError;
+use crate::meta::members::AdminChange;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
@@ -112,4 +115,39 @@ pub(super) async fn readyz(State(s): State<HttpState>) -> Result<Response, ApiEr
 pub(super) async fn metrics_text(State(s): State<HttpState>) -> Result<Response, ApiError> {
     crate::metrics::record_scrape_gauges(&s.shared);
     ravel_telemetry::metrics_response().map_err(ApiError::internal)
+}
+
+/// `PUT /v1/admins/{grpc_addr}`: adds the admin serving gRPC there to the admins' group (it
+/// must be running with `--join`).
+pub(super) async fn admin_add(
+    State(s): State<HttpState>,
+    Path(grpc_addr): Path<String>,
+) -> Result<Response, ApiError> {
+    change_admins(&s, AdminChange::Add(grpc_addr)).await
+}
+
+/// `DELETE /v1/admins/{grpc_addr}`: removes that admin from the admins' group.
+pub(super) async fn admin_remove(
+    State(s): State<HttpState>,
+    Path(grpc_addr): Path<String>,
+) -> Result<Response, ApiError> {
+    change_admins(&s, AdminChange::Remove(grpc_addr)).await
+}
+
+async fn change_admins(s: &HttpState, change: AdminChange) -> Result<Response, ApiError> {
+    let (AdminChange::Add(addr) | AdminChange::Remove(addr)) = &change;
+    crate::pool::validate_addr(addr)
+        .map_err(|e| ApiError::bad_request("invalid_address", format!("admin address: {e}")))?;
+    match s.shared.meta.change_admins(change).await {
+        Ok(voters) => Ok(json_value(&serde_json::json!({"voters": voters}))),
+        Err(MetaError::NoAdminLeader) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_admin_leader",
+            MetaError::NoAdminLeader.to_string(),
+        )),
+        Err(e @ MetaError::Peers(_)) => {
+            Err(ApiError::bad_request("invalid_admin_change", e.to_string()))
+        }
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
 }

@@ -3,8 +3,8 @@
 
 use super::MAX_IN_FLIGHT_REQUESTS;
 use super::handlers::{
-    cluster, kv_delete, kv_empty, kv_get, kv_put, legacy_delete, legacy_get, legacy_put, livez,
-    metrics_text, readyz,
+    admin_add, admin_remove, cluster, kv_delete, kv_empty, kv_get, kv_put, legacy_delete,
+    legacy_get, legacy_put, livez, metrics_text, readyz,
 };
 use super::middleware::{limit_in_flight, observe, request_timeout};
 use crate::error::ApiError;
@@ -13,7 +13,7 @@ use crate::{SharedState, ui};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use ravel_core::limits;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -44,6 +44,10 @@ pub fn app(state: SharedState) -> axum::Router {
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/kv/", get(kv_empty).put(kv_empty).delete(kv_empty))
         .route("/v1/cluster", get(cluster))
+        .route(
+            "/v1/admins/{grpc_addr}",
+            put(admin_add).delete(admin_remove),
+        )
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -1,10 +1,11 @@
 //! A follower admin's metadata changes, forwarded to the admins' leader (`ProposeMeta` on its
 //! gRPC port), and the leader's side of that call: the proposal's encoding and its answer's.
 
+use super::members::{AdminChange, ChangeAnswer};
 use super::raft::AdminNode;
 use super::{MetaCommand, MetaError, MetaOutcome, MetaRefusal};
 use ravel_proto::v1::admin_client::AdminClient;
-use ravel_proto::v1::{MetaProposal, MetaProposalReply};
+use ravel_proto::v1::{ChangeAdminsReply, ChangeAdminsRequest, MetaProposal, MetaProposalReply};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,6 +13,10 @@ use tonic::transport::Channel;
 
 /// Deadline of one forwarded proposal.
 const FORWARD_CALL_TIMEOUT_MS: u64 = 5_000;
+
+/// Deadline of one forwarded membership change (the leader waits for an added admin to catch
+/// up, at most 30 s).
+const FORWARD_CHANGE_TIMEOUT_MS: u64 = 35_000;
 
 /// Why the leader did not answer a forwarded proposal with its outcome.
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +49,15 @@ pub fn encode_answer(answer: &ProposalAnswer) -> Result<MetaProposalReply, tonic
     })
 }
 
+/// Encodes a membership change's answer for `ChangeAdminsReply`.
+pub fn encode_change_answer(answer: &ChangeAnswer) -> Result<ChangeAdminsReply, tonic::Status> {
+    let answer = ravel_raft_transport::encode(answer)
+        .map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))?;
+    Ok(ChangeAdminsReply {
+        answer: answer.to_vec(),
+    })
+}
+
 /// Decodes a forwarded command.
 pub fn decode_proposal(proposal: &MetaProposal) -> Result<MetaCommand, tonic::Status> {
     ravel_raft_transport::decode(&proposal.command)
@@ -72,6 +86,39 @@ impl Forwarder {
             }
         };
         Ok(AdminClient::new(channel))
+    }
+
+    /// Forwards an admins' membership change to `leader`, with the same answers as
+    /// [`Self::forward`] (an added admin's catch-up may take a while: the deadline allows it).
+    pub(super) async fn forward_change(
+        &self,
+        leader: &AdminNode,
+        change: &AdminChange,
+    ) -> Result<Option<Result<Vec<u64>, MetaError>>, MetaError> {
+        let (add, grpc_addr) = match change {
+            AdminChange::Add(addr) => (true, addr.clone()),
+            AdminChange::Remove(addr) => (false, addr.clone()),
+        };
+        let mut request = tonic::Request::new(ChangeAdminsRequest { add, grpc_addr });
+        request.set_timeout(Duration::from_millis(FORWARD_CHANGE_TIMEOUT_MS));
+        let reply = match self.client(&leader.grpc_addr)?.change_admins(request).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => return Ok(None),
+            Err(status) => {
+                return Err(MetaError::Forward(format!(
+                    "forwarding to the admins' leader {}: {}",
+                    leader.grpc_addr,
+                    status.message()
+                )));
+            }
+        };
+        let answer: ChangeAnswer = ravel_raft_transport::decode(&reply.answer)
+            .map_err(|e| MetaError::Forward(format!("undecodable answer: {e}")))?;
+        match answer {
+            Ok(voters) => Ok(Some(Ok(voters))),
+            Err(ForwardRefusal::NotLeader) => Ok(None),
+            Err(ForwardRefusal::Failed(why)) => Ok(Some(Err(MetaError::Forward(why)))),
+        }
     }
 
     /// Forwards `cmd` to `leader`: `Some` with the outcome when the leader took it; `None` when

@@ -30,7 +30,7 @@
 //! `moves` (the move model, the planner and the move transitions), `error` (refusals and errors),
 //! `format` (the state's encoding and checks), `raft` (the group's types, log entry and state
 //! machine), `store` (`MetaStore`: the group, opened and driven), `duties` (whether this admin
-//! leads; the base proposal), `forward` (a follower's changes sent to the leader) and
+//! leads; the base proposal), `members` (adding and removing admins), `forward` (a follower's changes sent to the leader) and
 //! `transport` (how the group's Raft reaches other admins).
 
 mod command;
@@ -38,6 +38,7 @@ mod duties;
 mod error;
 mod format;
 pub mod forward;
+pub mod members;
 mod moves;
 pub mod raft;
 mod state;

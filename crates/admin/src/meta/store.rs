@@ -74,6 +74,9 @@ pub struct MetaOptions {
     /// The gRPC addresses of every admin of the group, this one's included (`--peers`); empty
     /// or only this admin: a group of one.
     pub peers: Vec<String>,
+    /// Join an existing group (`--join`): never form one, wait to be added with
+    /// `ravel_admin members add`.
+    pub join: bool,
     /// Entries between snapshots.
     pub snapshot_every: u64,
 }
@@ -86,6 +89,7 @@ impl MetaOptions {
             partitions,
             node: AdminNode::default(),
             peers: Vec::new(),
+            join: false,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
     }
@@ -126,7 +130,7 @@ pub struct MetaStore {
     id: u64,
     published: Arc<Published>,
     duties: Duties,
-    forwarder: Forwarder,
+    pub(super) forwarder: Forwarder,
 }
 
 /// This admin's id in the group: the one stored in `dir`, or a new one derived from its gRPC
@@ -243,6 +247,30 @@ async fn form_group(
     }
 }
 
+/// Whether admin `id` is the only voter of the membership its log holds (false while it has
+/// none: a joining admin not added yet).
+async fn only_voter(raft: &Raft<AdminTypes>, id: u64) -> Result<bool, MetaError> {
+    if !raft.is_initialized().await.map_err(raft_error)? {
+        return Ok(false);
+    }
+    let metrics = raft
+        .wait(Some(Duration::from_millis(OPEN_LEADER_WAIT_MS)))
+        .metrics(
+            |m| {
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .next()
+                    .is_some()
+            },
+            "the group's membership loaded",
+        )
+        .await
+        .map_err(raft_error)?;
+    let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+    Ok(voters == [id])
+}
+
 fn raft_error(e: impl std::fmt::Display) -> MetaError {
     MetaError::Raft(e.to_string())
 }
@@ -280,7 +308,7 @@ impl MetaStore {
                 .await
                 .map_err(|e| MetaError::Task(e.to_string()))??
         };
-        if members.len() > 1 && legacy {
+        if (members.len() > 1 || options.join) && legacy {
             return Err(MetaError::Peers(
                 "this directory holds an older single admin's metadata: start it once without \
                  --peers to upgrade it, then add admins with `ravel_admin members add`"
@@ -301,11 +329,24 @@ impl MetaStore {
         let raft = Raft::new(id, config, super::transport::network(), log, sm)
             .await
             .map_err(raft_error)?;
-        let alone = members.len() == 1;
-        if let Err(e) = form_group(&raft, id, members).await {
-            let _ = raft.shutdown().await;
-            return Err(e);
-        }
+        let formed = if options.join {
+            Ok(())
+        } else {
+            form_group(&raft, id, members).await
+        };
+        // Whether this admin is alone is the log's membership, not the flags: a single admin
+        // that was given more admins later restarts with its original command line.
+        let alone = match formed {
+            Ok(()) => only_voter(&raft, id).await,
+            Err(e) => Err(e),
+        };
+        let alone = match alone {
+            Ok(alone) => alone,
+            Err(e) => {
+                let _ = raft.shutdown().await;
+                return Err(e);
+            }
+        };
         let duties = watch_leadership(raft.clone(), id, Arc::clone(&published), base);
         let store = Self {
             forwarder: Forwarder::default(),

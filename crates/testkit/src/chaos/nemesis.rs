@@ -31,6 +31,8 @@ pub enum FaultKind {
     KillFollower,
     /// `kill -9` of the admin, restarted at the heal.
     KillAdmin,
+    /// `kill -9` of the admin group's leader (three admins), restarted at the heal.
+    KillAdminLeader,
     /// SIGSTOP of a leader (a "zombie" that resumes believing it leads), SIGCONT at the heal.
     PauseLeader,
     /// The leader cut off from every peer, both ways.
@@ -63,6 +65,7 @@ impl FaultKind {
             Self::KillLeader => "kill_leader",
             Self::KillFollower => "kill_follower",
             Self::KillAdmin => "kill_admin",
+            Self::KillAdminLeader => "kill_admin_leader",
             Self::PauseLeader => "pause_leader",
             Self::IsolateLeader => "isolate_leader",
             Self::LeaderSendOnly => "leader_send_only",
@@ -182,6 +185,18 @@ impl Nemesis {
             self.admin_down = true;
             return Ok(Some((Active::RestartAdmin, "admin".to_owned())));
         }
+        if kind == FaultKind::KillAdminLeader {
+            let Some(leader) = admin_leader(tc).await else {
+                return Ok(None);
+            };
+            tc.kill9_admin_at(leader);
+            if tc.primary_admin() == leader {
+                // The harness's own calls (registrations, views) go to another admin meanwhile.
+                tc.use_admin((leader + 1) % tc.admin_count());
+            }
+            self.admin_down = true;
+            return Ok(Some((Active::RestartAdmin, format!("admin {leader}"))));
+        }
         let clusters: Vec<usize> = self.clusters.keys().copied().collect();
         let Some(&number) = clusters.get(rng.random_range(0..clusters.len().max(1))) else {
             return Ok(None);
@@ -266,7 +281,10 @@ impl Nemesis {
                 )
             }
             // Handled before a leader was looked for.
-            FaultKind::KillAdmin | FaultKind::AddCluster | FaultKind::RemoveCluster => {
+            FaultKind::KillAdmin
+            | FaultKind::KillAdminLeader
+            | FaultKind::AddCluster
+            | FaultKind::RemoveCluster => {
                 return Ok(None);
             }
         };
@@ -379,4 +397,15 @@ async fn registered_replicas(tc: &TestCluster) -> Result<usize> {
             .map(|c| c["replicas"].as_array().map_or(0, Vec::len))
             .sum()
     }))
+}
+
+/// The index of the admin group's leader, as the admin the harness talks to lists it.
+async fn admin_leader(tc: &TestCluster) -> Option<usize> {
+    let view = tc.cluster_view().await.ok()?;
+    let leader = view["admins"]
+        .as_array()?
+        .iter()
+        .find(|a| a["role"] == "leader")?
+        .clone();
+    (0..tc.admin_count()).find(|i| leader["grpc_addr"] == tc.admin_addrs(*i).1.as_str())
 }

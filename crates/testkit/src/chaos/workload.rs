@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -54,9 +54,11 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts `config.workers` workers against the admin at `base_url` (`http://host:port`).
+    /// Starts `config.workers` workers against the admins at `base_urls` (`http://host:port`):
+    /// worker `i` starts at admin `i % base_urls.len()` and moves on to the next when its admin
+    /// cannot be reached.
     pub fn start(
-        base_url: &str,
+        base_urls: &[String],
         config: &WorkloadConfig,
         recorder: Arc<Recorder<String>>,
     ) -> anyhow::Result<Self> {
@@ -66,11 +68,7 @@ impl Workload {
         for worker in 0..config.workers {
             let w = Worker {
                 id: worker,
-                api: Api {
-                    http: http.clone(),
-                    base_url: base_url.to_owned(),
-                    recorder: Arc::clone(&recorder),
-                },
+                api: Api::new(http.clone(), base_urls, worker, Arc::clone(&recorder)),
                 config: config.clone(),
                 rng: StdRng::seed_from_u64(
                     config.seed ^ (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -104,11 +102,13 @@ impl Workload {
 
 pub use crate::http_client;
 
-/// One recorded `/v1/kv` call at a time.
+/// One recorded `/v1/kv` call at a time, to one admin of a list (the next one once a
+/// connection to it cannot be made).
 #[derive(Clone)]
 pub struct Api {
     pub http: reqwest::Client,
-    pub base_url: String,
+    base_urls: Arc<[String]>,
+    at: Arc<AtomicUsize>,
     pub recorder: Arc<Recorder<String>>,
 }
 
@@ -122,9 +122,27 @@ enum Answer {
 }
 
 impl Api {
+    /// Calls to `base_urls` (at least one), starting with the one at `first` (modulo).
+    #[must_use]
+    pub fn new(
+        http: reqwest::Client,
+        base_urls: &[String],
+        first: usize,
+        recorder: Arc<Recorder<String>>,
+    ) -> Self {
+        assert!(!base_urls.is_empty(), "an Api needs at least one admin URL");
+        Self {
+            http,
+            base_urls: base_urls.iter().cloned().collect(),
+            at: Arc::new(AtomicUsize::new(first % base_urls.len())),
+            recorder,
+        }
+    }
+
     fn url(&self, key: &str, query: &str) -> String {
+        let base = &self.base_urls[self.at.load(Ordering::Relaxed) % self.base_urls.len()];
         // Keys are `chaos-g<n>-k<i>`: nothing in them needs percent-encoding.
-        format!("{}/v1/kv/{key}{query}", self.base_url)
+        format!("{base}/v1/kv/{key}{query}")
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
@@ -143,7 +161,10 @@ impl Api {
                     Err(_) => Answer::Http(status, Value::Null),
                 }
             }
-            Err(e) if e.is_connect() => Answer::NotSent,
+            Err(e) if e.is_connect() => {
+                self.at.fetch_add(1, Ordering::Relaxed);
+                Answer::NotSent
+            }
             Err(_) => Answer::Lost,
         }
     }
