@@ -10,7 +10,6 @@ use std::time::Duration;
 mod common;
 
 use anyhow::Context;
-use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 use ravel_admin::AdminConfig;
 use tokio_util::sync::CancellationToken;
@@ -144,20 +143,21 @@ struct ClientArgs {
 
 #[derive(Args, Debug)]
 struct StartArgs {
-    /// Client HTTP API address, host:port.
+    /// Client HTTP API address, host:port (required here, in the environment or in the YAML file).
     #[arg(long, env = "RAVEL_ADMIN_HTTP", value_name = "ADDR")]
-    http: SocketAddr,
-    /// gRPC address replicas register and report to, host:port.
+    http: Option<SocketAddr>,
+    /// gRPC address replicas register and report to, and other admins reach (required).
     #[arg(long, env = "RAVEL_ADMIN_GRPC", value_name = "ADDR")]
-    grpc: SocketAddr,
-    /// Directory of the admin's persisted metadata (clusters, replicas, partition table).
+    grpc: Option<SocketAddr>,
+    /// Directory of the admin's persisted metadata (clusters, replicas, partition table)
+    /// (required).
     #[arg(
         long = "backupPath",
         visible_alias = "data-dir",
         env = "RAVEL_ADMIN_BACKUP_PATH",
         value_name = "DIR"
     )]
-    backup_path: PathBuf,
+    backup_path: Option<PathBuf>,
     /// Number of partitions P, fixed at the first start (default 1024).
     #[arg(long, env = "RAVEL_ADMIN_PARTITIONS", value_name = "N")]
     partitions: Option<u32>,
@@ -176,21 +176,52 @@ struct StartArgs {
     /// the group adds it (`ravel_admin members add`). Keep it on restarts.
     #[arg(long, env = "RAVEL_ADMIN_JOIN", conflicts_with = "peers")]
     join: bool,
-    /// Most partition moves (migrations) run at once; more move faster, fewer disturb client
-    /// traffic less.
-    #[arg(long, env = "RAVEL_ADMIN_MAX_CONCURRENT_MOVES", value_name = "N",
-          default_value_t = ravel_admin::mover::DEFAULT_MAX_CONCURRENT_MOVES,
-          value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
-    max_concurrent_moves: usize,
-    /// Milliseconds before an aborted partition move is tried again; when it aborted because the
-    /// target cluster had no quorum, no move to that cluster starts for this long either.
-    /// Tests use a short one; in production the default lets a failed cluster be repaired.
-    #[arg(long, env = "RAVEL_ADMIN_MOVE_RETRY_BACKOFF_MS", value_name = "MS",
-          default_value_t = ravel_admin::mover::DEFAULT_MOVE_RETRY_BACKOFF_MS,
-          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    move_retry_backoff_ms: u64,
+    /// Most partition moves (migrations) run at once, 1-256 (default 4); more move faster,
+    /// fewer disturb client traffic less.
+    #[arg(long, env = "RAVEL_ADMIN_MAX_CONCURRENT_MOVES", value_name = "N")]
+    max_concurrent_moves: Option<usize>,
+    /// Milliseconds before an aborted partition move is tried again, 100-3600000 (default
+    /// 30000); when it aborted because the target cluster had no quorum, no move to that
+    /// cluster starts for this long either. Tests use a short one; in production the default
+    /// lets a failed cluster be repaired.
+    #[arg(long, env = "RAVEL_ADMIN_MOVE_RETRY_BACKOFF_MS", value_name = "MS")]
+    move_retry_backoff_ms: Option<u64>,
+    /// A YAML file of these settings, keyed by the long flag names (`http`, `grpc`,
+    /// `backupPath`, `partitions`, `peers`, `join`, `max-concurrent-moves`,
+    /// `move-retry-backoff-ms`); flags and their environment variables override it.
+    #[arg(
+        short = 'y',
+        long = "yaml",
+        env = "RAVEL_ADMIN_YAML",
+        value_name = "FILE"
+    )]
+    yaml: Option<PathBuf>,
     #[command(flatten)]
     log: common::LogArgs,
+}
+
+impl StartArgs {
+    /// The configuration: the YAML file (if any) overridden by every flag given.
+    fn config(&self) -> anyhow::Result<AdminConfig> {
+        let file = match &self.yaml {
+            Some(path) => ravel_admin::config::read_yaml(path).map_err(anyhow::Error::msg)?,
+            None => ravel_admin::config::PartialAdminConfig::default(),
+        };
+        let flags = ravel_admin::config::PartialAdminConfig {
+            http: self.http,
+            grpc: self.grpc,
+            backup_path: self.backup_path.clone(),
+            partitions: self.partitions,
+            peers: (!self.peers.is_empty())
+                .then(|| ravel_admin::config::Peers::List(self.peers.clone())),
+            join: self.join.then_some(true),
+            max_concurrent_moves: self.max_concurrent_moves,
+            move_retry_backoff_ms: self.move_retry_backoff_ms,
+        };
+        file.overridden_by(flags)
+            .into_config()
+            .map_err(anyhow::Error::msg)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -200,6 +231,7 @@ fn main() -> anyhow::Result<()> {
         client_command => std::process::exit(run_client(client_command)),
     };
     ravel_telemetry::init_logging(args.log.log_format);
+    let config = args.config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -207,16 +239,6 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(common::stop_on_signal(shutdown.clone()));
-        let config = AdminConfig {
-            http: args.http,
-            grpc: args.grpc,
-            backup_path: args.backup_path,
-            partitions: args.partitions,
-            peers: args.peers.iter().map(SocketAddr::to_string).collect(),
-            join: args.join,
-            max_concurrent_moves: args.max_concurrent_moves,
-            move_retry_backoff_ms: args.move_retry_backoff_ms,
-        };
         ravel_admin::run(config, shutdown).await?;
         Ok(())
     })

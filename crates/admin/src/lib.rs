@@ -11,6 +11,7 @@
 //! - [`placement`]: pushes the partition assignment to clusters and finds their leaders.
 //! - [`mover`]: drives partition moves (migration) step by step, resuming them after a restart.
 //! - [`cluster_view`]: `/v1/cluster` and readiness.
+//! - [`config`]: `ravel_admin start`'s YAML file and flags, merged.
 //! - [`router`]: the life of a client request from partition to leader and back.
 //! - [`reachability`]: replicas this admin cannot reach now, probed until they answer.
 //! - [`http`]: the HTTP API with its limits, timeouts and connection cap.
@@ -19,6 +20,7 @@
 //! - [`error`]: the one mapping from routing errors to HTTP status codes and JSON bodies.
 
 pub mod cluster_view;
+pub mod config;
 pub mod error;
 pub mod http;
 mod json_depth;

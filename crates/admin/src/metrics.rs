@@ -9,6 +9,9 @@ use crate::AdminState;
 
 /// Registers the HELP text and unit of every admin series (the recorder must exist already).
 pub fn describe() {
+    // The admins' Raft log is the replicas' WAL code, which records its group-commit syncs
+    // under the storage crate's series names (`ravel_node_log_fsync_*`).
+    ravel_storage::describe_metrics();
     describe_counter!(
         "ravel_admin_requests_total",
         "Client HTTP requests answered, by route and code"
@@ -64,6 +67,18 @@ pub fn describe() {
         "ravel_admin_partitions",
         "Partitions in the table (fixed at the first start)"
     );
+    describe_gauge!(
+        "ravel_admin_group_leader",
+        "1 while this admin leads the admins' Raft group (and drives moves), else 0"
+    );
+    describe_gauge!(
+        "ravel_admin_group_term",
+        "The admins' Raft group's current term"
+    );
+    describe_gauge!(
+        "ravel_admin_group_voters",
+        "Voters of the admins' Raft group"
+    );
 }
 
 /// Sets the gauges that are read off the metadata, just before a scrape renders them.
@@ -83,4 +98,8 @@ pub fn record_scrape_gauges(state: &AdminState) {
         }
     }
     gauge!("ravel_admin_clusters_with_leader").set(f64::from(with_leader));
+    let status = state.meta.status(&crate::meta::raft::AdminNode::default());
+    gauge!("ravel_admin_group_leader").set(if state.meta.is_leader() { 1.0 } else { 0.0 });
+    gauge!("ravel_admin_group_term").set(status.term as f64);
+    gauge!("ravel_admin_group_voters").set(status.voters.len() as f64);
 }

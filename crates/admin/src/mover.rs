@@ -373,7 +373,9 @@ pub async fn run(
                     target: m.target,
                     at_ms: now_ms(),
                 };
-                match state.meta.execute(command).await {
+                // Only here, never forwarded: a deposed leader must not plan moves through
+                // the new one.
+                match state.meta.execute_here(command).await {
                     Ok(_) => {
                         tracing::info!(
                             partition = m.partition,
@@ -445,6 +447,9 @@ enum StepFail {
     TargetDown(String),
     /// The admin could not persist the step.
     Meta(String),
+    /// This admin could not confirm that it still leads the admins' group: another admin may
+    /// be driving the move, so this one stops touching the clusters.
+    NotLeading,
 }
 
 impl StepFail {
@@ -452,6 +457,7 @@ impl StepFail {
         match self {
             Self::Changed => "the move record changed".to_owned(),
             Self::Refused(why) | Self::TargetDown(why) | Self::Meta(why) => why,
+            Self::NotLeading => "this admin no longer leads the admins' group".to_owned(),
         }
     }
 }
@@ -582,6 +588,14 @@ async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
         let (s, t) = (record.source, record.target);
         match result {
             Ok(()) => {}
+            Err(StepFail::NotLeading) => {
+                tracing::info!(
+                    partition = p,
+                    step = record.step.name(),
+                    "move left to the admins' leader"
+                );
+                return MoveEnd::Stopped;
+            }
             Err(StepFail::Changed) => {
                 // Let whatever changed the record settle before re-reading it.
                 tokio::time::sleep(Duration::from_millis(STEP_RETRY_MIN_MS)).await;
@@ -601,9 +615,13 @@ async fn drive_steps(state: &AdminState, p: PartitionId) -> MoveEnd {
                     why,
                     "aborting partition move"
                 );
-                if let Err(e) = advance(state, p, MoveStep::Aborting, record.keys_copied).await {
-                    tracing::warn!(partition = p, error = ?e, "cannot persist the abort; retrying");
-                    tokio::time::sleep(Duration::from_millis(REFUSED_RETRY_MS)).await;
+                match advance(state, p, MoveStep::Aborting, record.keys_copied).await {
+                    Ok(()) => {}
+                    Err(StepFail::NotLeading) => return MoveEnd::Stopped,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = ?e, "cannot persist the abort; retrying");
+                        tokio::time::sleep(Duration::from_millis(REFUSED_RETRY_MS)).await;
+                    }
                 }
             }
             Err(StepFail::Refused(why) | StepFail::TargetDown(why) | StepFail::Meta(why)) => {
@@ -778,14 +796,19 @@ fn report_end(p: PartitionId, record: &MoveRecord, outcome: &'static str) {
     }
 }
 
-/// Persists a meta command; a refusal means the record changed under us.
+/// Persists a meta command through this admin's own Raft, never forwarded: a move step
+/// persisted on behalf of a deposed leader would step over the new leader's. A refusal means
+/// the record changed under us; a failure while this admin cannot confirm it leads stops the
+/// move here ([`StepFail::NotLeading`]).
 async fn execute(state: &AdminState, command: MetaCommand) -> Result<(), StepFail> {
-    match state.meta.execute(command).await {
+    match state.meta.execute_here(command).await {
         Ok(_) => Ok(()),
         Err(MetaError::Refused(MetaRefusal::MoveRefused { why, partition })) => {
             tracing::debug!(partition, why, "move record changed");
             Err(StepFail::Changed)
         }
+        Err(MetaError::NotLeader { .. }) => Err(StepFail::NotLeading),
+        Err(_) if !state.meta.confirm_leading().await => Err(StepFail::NotLeading),
         Err(e) => Err(StepFail::Meta(e.to_string())),
     }
 }
@@ -827,6 +850,12 @@ where
     let mut backoff = Duration::from_millis(STEP_RETRY_MIN_MS);
     let mut down_since: Option<Instant> = None;
     loop {
+        // Only a confirmed leader of the admins' group touches a move's clusters: a deposed one
+        // that does not know it yet (cut off from the other admins) must not repeat an older
+        // step over what the new leader did since.
+        if !state.meta.confirm_leading().await {
+            return Err(StepFail::NotLeading);
+        }
         {
             let meta = state.meta.current();
             if !meta.clusters.contains_key(&cluster)
@@ -1690,6 +1719,25 @@ mod tests {
             .filter(|op| op.starts_with("Status"))
             .count();
         assert_eq!(changing_before_freeze, 3, "{source_ops:?}");
+    }
+
+    /// An admin that cannot confirm it leads the admins' group (here its Raft has stopped)
+    /// takes no step at the clusters: the move is left, as persisted, to the group's leader.
+    #[tokio::test]
+    async fn an_admin_that_does_not_lead_takes_no_step() {
+        let s = setup(20).await;
+        start(&s).await;
+        let migrates =
+            |f: &FakeCluster| ops(f).iter().filter(|op| !op.starts_with("Status")).count();
+        let before = (migrates(&s.source), migrates(&s.target));
+        s.state.meta.close().await;
+        assert!(!s.state.meta.confirm_leading().await);
+        assert_eq!(drive_steps(&s.state, 3).await, MoveEnd::Stopped);
+        assert_eq!((migrates(&s.source), migrates(&s.target)), before);
+        assert!(
+            s.state.meta.current().moves.contains_key(&3),
+            "the move stays as persisted"
+        );
     }
 
     /// A replica that answers Status as a follower is neither believed about the membership nor

@@ -14,18 +14,20 @@ const BASE_RETRY_MS: u64 = 200;
 
 /// The watching task and what it publishes.
 pub(super) struct Duties {
-    leading: watch::Receiver<bool>,
+    leading: Arc<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Duties {
     /// Whether this admin leads the group and has its base applied.
     pub(super) fn leading(&self) -> watch::Receiver<bool> {
-        self.leading.clone()
+        self.leading.subscribe()
     }
 
+    /// Stops watching; from now on this admin does not lead.
     pub(super) fn stop(&self) {
         self.task.abort();
+        self.leading.send_replace(false);
     }
 }
 
@@ -36,7 +38,8 @@ pub(super) fn watch_leadership(
     published: Arc<Published>,
     base: Vec<u8>,
 ) -> Duties {
-    let (tx, leading) = watch::channel(false);
+    let leading = Arc::new(watch::Sender::new(false));
+    let tx = Arc::clone(&leading);
     let task = tokio::spawn(async move {
         let mut metrics = raft.metrics();
         let mut based = published.based_watch();
@@ -70,9 +73,14 @@ pub(super) fn watch_leadership(
                     );
                 }
             }
-            tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
-                changed = based.changed() => if changed.is_err() { return },
+            let ended = tokio::select! {
+                changed = metrics.changed() => changed.is_err(),
+                changed = based.changed() => changed.is_err(),
+            };
+            if ended {
+                // Raft has stopped: this admin leads nothing any more.
+                tx.send_replace(false);
+                return;
             }
         }
     });

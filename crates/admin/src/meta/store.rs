@@ -59,6 +59,9 @@ const FORWARD_BUDGET_MS: u64 = 10_000;
 /// Pause between looks for a leader while the group has none.
 const NO_LEADER_PAUSE_MS: u64 = 100;
 
+/// How long [`MetaStore::confirm_leading`] waits for a majority of admins to answer.
+const LEADERSHIP_CHECK_MS: u64 = 1_000;
+
 /// Raft timing of the admins' group, as the replicas' groups use.
 const HEARTBEAT_INTERVAL_MS: u64 = 100;
 const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
@@ -329,6 +332,7 @@ impl MetaStore {
         let raft = Raft::new(id, config, super::transport::network(), log, sm)
             .await
             .map_err(raft_error)?;
+        let peers = members.len();
         let formed = if options.join {
             Ok(())
         } else {
@@ -339,6 +343,15 @@ impl MetaStore {
         let alone = match formed {
             Ok(()) => only_voter(&raft, id).await,
             Err(e) => Err(e),
+        };
+        let alone = match alone {
+            Ok(true) if peers > 1 => Err(MetaError::Peers(
+                "this admin already runs as a group of one; --peers only forms a new group of \
+                 fresh admins: start the others with --join and add them with \
+                 `ravel_admin members add`"
+                    .into(),
+            )),
+            other => other,
         };
         let alone = match alone {
             Ok(alone) => alone,
@@ -441,6 +454,22 @@ impl MetaStore {
     #[must_use]
     pub fn is_leader(&self) -> bool {
         *self.duties.leading().borrow()
+    }
+
+    /// Whether this admin leads the group now, confirmed by a majority of the admins (a
+    /// heartbeat round; at once in a group of one) within [`LEADERSHIP_CHECK_MS`]. Until an
+    /// election timeout after that round no other admin can have been elected, so a call sent
+    /// right after it cannot overtake a new leader's.
+    pub async fn confirm_leading(&self) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let checked = tokio::time::timeout(
+            Duration::from_millis(LEADERSHIP_CHECK_MS),
+            self.raft.ensure_linearizable(),
+        )
+        .await;
+        matches!(checked, Ok(Ok(_)))
     }
 
     /// A watch of [`Self::is_leader`].
@@ -622,6 +651,44 @@ mod tests {
             limits::DEFAULT_PARTITIONS as usize
         );
         store.close().await;
+    }
+
+    /// A single admin leads its group of one and confirms it; an admin waiting to join does
+    /// not lead, forwards nothing anywhere (no leader known) and is not based; a closed store
+    /// leads nothing.
+    #[tokio::test]
+    async fn leadership_of_a_single_and_a_joining_admin() {
+        let dir = tempfile::tempdir().unwrap();
+        let alone = MetaStore::open(&dir.path().join("a"), Some(8))
+            .await
+            .unwrap();
+        assert!(alone.is_leader() && alone.based());
+        assert!(alone.confirm_leading().await);
+        alone.close().await;
+        assert!(!alone.is_leader());
+        assert!(!alone.confirm_leading().await);
+
+        let options = MetaOptions {
+            join: true,
+            node: AdminNode {
+                grpc_addr: "127.0.0.1:1".into(),
+                http_addr: String::new(),
+            },
+            ..MetaOptions::new(Some(8))
+        };
+        let joining = MetaStore::open_with(&dir.path().join("b"), options)
+            .await
+            .unwrap();
+        assert!(!joining.is_leader() && !joining.based());
+        assert!(!joining.confirm_leading().await);
+        let began = std::time::Instant::now();
+        let refused = joining.execute(register(1, true)).await;
+        assert!(
+            matches!(refused, Err(MetaError::NoAdminLeader)),
+            "{refused:?}"
+        );
+        assert!(began.elapsed() >= Duration::from_millis(FORWARD_BUDGET_MS));
+        joining.close().await;
     }
 
     /// With snapshots every few entries (and the log purged below them), a reopened store still
