@@ -420,3 +420,36 @@ async fn add_and_remove(tc: &mut TestCluster) -> Result<()> {
     all_served_through(tc, third, "after-remove", 5).await?;
     Ok(())
 }
+
+/// Replicas may start before the admins, and register while the admins' group is still
+/// forming: a registration is never lost to the group's base state (it waits for the base, or
+/// is refused and retried), and every admin then routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_started_before_the_admins_register_once_the_group_forms() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tc = common::new_cluster("admin_ha_start_order")
+        .expect("test cluster")
+        .with_admins(ADMINS);
+    if let Err(e) = replicas_first(&mut tc).await {
+        panic!("admin start-order test failed: {e:#}");
+    }
+    tc.finish();
+}
+
+async fn replicas_first(tc: &mut TestCluster) -> Result<()> {
+    tc.start_node("c1n1", true)?;
+    tc.start_node("c2n1", true)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tc.start_admin().await?;
+    common::wait_replica_count(tc, 2).await?;
+    tc.wait_ready().await?;
+    wait_admin_leader(tc, 0, None, ADMINS).await?;
+    for i in 0..ADMINS {
+        all_served_through(tc, i, &format!("order-{i}"), 5).await?;
+        ensure!(
+            replicas_seen_by(tc, i).await? == 2,
+            "admin {i} lost a registration"
+        );
+    }
+    Ok(())
+}

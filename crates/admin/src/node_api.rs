@@ -108,9 +108,11 @@ fn meta_status(error: MetaError) -> Status {
         MetaError::Refused(MetaRefusal::UnknownReplica { .. }) => {
             Status::not_found(error.to_string())
         }
-        MetaError::Refused(_) => Status::failed_precondition(error.to_string()),
         // Certainly not applied: the caller (a replica) retries, possibly at another admin.
-        MetaError::NoAdminLeader => Status::unavailable(error.to_string()),
+        MetaError::NoAdminLeader | MetaError::Refused(MetaRefusal::NotFormed) => {
+            Status::unavailable(error.to_string())
+        }
+        MetaError::Refused(_) => Status::failed_precondition(error.to_string()),
         _ => {
             tracing::error!(error = %error, code = error.code(), "metadata change failed");
             Status::internal(format!(

@@ -22,6 +22,10 @@ pub enum MetaRefusal {
          (start it with a fresh storage directory)"
     )]
     ReplicaRemoved { node_id: NodeId },
+    #[error(
+        "the admins' group has no state yet: it is still forming (a majority of the admins must be up)"
+    )]
+    NotFormed,
 }
 
 impl MetaRefusal {
@@ -34,6 +38,7 @@ impl MetaRefusal {
             Self::UnknownReplica { .. } => "unknown_replica",
             Self::ReplicaRemoved { .. } => "replica_removed",
             Self::MoveRefused { .. } => "move_refused",
+            Self::NotFormed => "admins_not_formed",
         }
     }
 }

@@ -310,6 +310,8 @@ impl RaftSnapshotBuilder<AdminTypes> for MetaStateMachine {
 /// Applies one normal entry to `applied`.
 fn apply_entry(applied: &mut Applied, entry: MetaEntry) -> Result<AppliedCommand, MetaError> {
     match entry {
+        // Before the base, the state is only this admin's guess, which the base replaces.
+        MetaEntry::Command(_) if !applied.based => Ok(Some(Err(MetaRefusal::NotFormed))),
         MetaEntry::Command(command) => Ok(Some(applied.state.apply(command))),
         MetaEntry::Base(_) if applied.based => Ok(None),
         MetaEntry::Base(bytes) => {
@@ -430,6 +432,7 @@ mod tests {
         assert!(!published.based());
         let base = MetaEntry::Base(encode(&MetaState::new(16)).unwrap());
         let commands = [
+            register(9, true), // refused: before the base, nothing applies
             base.clone(),
             register(1, false), // refused: no cluster yet
             register(1, true),
@@ -443,7 +446,9 @@ mod tests {
         let mut expected = MetaState::new(16);
         let want: Vec<AppliedCommand> = commands
             .iter()
-            .map(|c| match c {
+            .enumerate()
+            .map(|(i, c)| match c {
+                MetaEntry::Command(_) if i == 0 => Some(Err(MetaRefusal::NotFormed)),
                 MetaEntry::Command(c) => Some(expected.apply(c.clone())),
                 MetaEntry::Base(_) => None,
             })
@@ -454,9 +459,10 @@ mod tests {
             .map(|(i, c)| entry(i as u64 + 1, c));
         let got = sm.apply(entries).await.unwrap();
         assert_eq!(got, want);
-        assert!(matches!(got[1], Some(Err(MetaRefusal::NoCluster))));
+        assert!(matches!(got[0], Some(Err(MetaRefusal::NotFormed))));
+        assert!(matches!(got[2], Some(Err(MetaRefusal::NoCluster))));
         assert!(matches!(
-            got[5],
+            got[6],
             Some(Err(MetaRefusal::UnknownReplica { .. }))
         ));
         assert_eq!(sm.state(), expected);
@@ -464,7 +470,7 @@ mod tests {
         assert_eq!(*published.current(), expected);
 
         let snapshot = sm.build_snapshot().await.unwrap();
-        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(6));
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(7));
         let loaded = load_snapshot(dir.path()).unwrap().unwrap();
         assert_eq!(loaded.state, expected);
         assert_eq!(loaded.last_applied, snapshot.meta.last_log_id);

@@ -544,6 +544,19 @@ impl MetaStore {
     /// Applies `cmd` if this admin leads the group; otherwise [`MetaError::NotLeader`] with the
     /// leader it knows of.
     pub async fn execute_here(&self, cmd: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        // A command is proposed only after the group's base is applied here, so that it lands
+        // after the base in the log (before it, every admin refuses it alike: `NotFormed`).
+        if !self.based() {
+            if !self.is_raft_leader() {
+                return Err(self.not_leader());
+            }
+            tokio::time::timeout(
+                Duration::from_millis(FORWARD_BUDGET_MS),
+                self.published.wait_based(),
+            )
+            .await
+            .map_err(|_| MetaError::Refused(super::MetaRefusal::NotFormed))?;
+        }
         let written = self.raft.client_write(MetaEntry::Command(cmd)).await;
         match written {
             Ok(response) => match response.data {
@@ -560,6 +573,25 @@ impl MetaStore {
                 })
             }
             Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Whether this admin's Raft is the group's leader now (base applied or not).
+    fn is_raft_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// "Not leader", with the leader this admin knows of.
+    fn not_leader(&self) -> MetaError {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        MetaError::NotLeader {
+            leader_id: m.current_leader,
+            leader,
         }
     }
 
