@@ -4,7 +4,7 @@
 //! or convergence problem. It only parses flags and calls the engine.
 //!
 //!     ravel_chaos [--duration SECS] [--seed N] [--scenario all|kill|pause|partition|admin|
-//!                 migration|stale-follower] [--admin-bin PATH] [--node-bin PATH]
+//!                 migration|stale-follower|admin-group] [--admin-bin PATH] [--node-bin PATH]
 //!
 //! The binaries default to `ravel_admin` and `ravel_node` next to this program
 //! (`target/debug/` after `cargo build`).
@@ -29,7 +29,7 @@ struct Args {
 
 fn usage() -> &'static str {
     "usage: ravel_chaos [--duration SECS] [--seed N] [--scenario all|kill|pause|partition|admin|\
-     migration|stale-follower] [--admin-bin PATH] [--node-bin PATH]"
+     migration|stale-follower|admin-group] [--admin-bin PATH] [--node-bin PATH]"
 }
 
 fn parse_args() -> Result<Args> {
