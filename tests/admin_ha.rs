@@ -30,28 +30,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// The e2e tests of this file run one at a time: each starts a dozen processes.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn workload_config(keys: usize, key_prefix: &str) -> WorkloadConfig {
-    let seed = std::env::var("RAVEL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs())
-        });
-    let config = WorkloadConfig {
-        keys,
-        key_prefix: key_prefix.into(),
-        writers: 6,
-        readers: 3,
-        op_pause: Duration::from_millis(20),
-        seed,
-        request_timeout: Duration::from_secs(20),
-    };
-    eprintln!("workload: {config:?} (replay with RAVEL_TEST_SEED={seed})");
-    config
-}
-
 /// `/v1/cluster` of admin `i`.
 async fn view_at(tc: &TestCluster, i: usize) -> Result<Value> {
     let resp = reqwest::get(tc.admin_url(i, "/v1/cluster")).await?;
@@ -155,7 +133,7 @@ async fn three_admins_survive_the_leader_kill_and_finish_a_migration_under_a_new
     let mut tc = common::new_cluster("admin_ha_leader_kill")
         .expect("test cluster")
         .with_admins(ADMINS);
-    let config = workload_config(600, "ha-");
+    let config = common::workload_config(600, "ha-", 6, 3);
     if let Err(e) = leader_kill_and_migration(&mut tc, &config).await {
         panic!("admin HA test failed (seed {}): {e:#}", config.seed);
     }

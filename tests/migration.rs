@@ -408,7 +408,7 @@ async fn run_e2e(
     let mut tc = common::new_cluster(name)
         .expect("test cluster")
         .with_admin_args(admin_args);
-    let config = workload_config(keys, key_prefix);
+    let config = common::workload_config(keys, key_prefix, 8, 4);
     if let Err(e) = body(&mut tc, &config).await {
         panic!("{name} failed (seed {}): {e:#}", config.seed);
     }
@@ -429,30 +429,6 @@ async fn start_loaded(
     workload.wait_loaded(LOAD_TIMEOUT).await?;
     eprintln!("loaded {} keys in {:?}", config.keys, started.elapsed());
     Ok(workload)
-}
-
-/// The workload of these tests, with a seed from `RAVEL_TEST_SEED` or the clock (printed).
-fn workload_config(keys: usize, key_prefix: &str) -> WorkloadConfig {
-    let seed = std::env::var("RAVEL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs())
-        });
-    let config = WorkloadConfig {
-        keys,
-        key_prefix: key_prefix.into(),
-        writers: 8,
-        readers: 4,
-        // Paced so that the moves are not starved of the machine's two cores.
-        op_pause: Duration::from_millis(20),
-        seed,
-        request_timeout: Duration::from_secs(20),
-    };
-    eprintln!("workload: {config:?} (replay with RAVEL_TEST_SEED={seed})");
-    config
 }
 
 /// The admin was started with the default partition count, which `partition_of` below assumes.

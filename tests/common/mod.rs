@@ -143,3 +143,33 @@ pub async fn scrape(url: &str) -> Result<(String, std::collections::BTreeMap<Str
     let parsed = parse_metrics(&text);
     Ok((text, parsed))
 }
+
+/// The recorded workload of the end-to-end tests: `writers` and `readers` on `keys` keys
+/// `{key_prefix}{i}`, paced so that moves are not starved of the machine's two cores, with a
+/// seed from `RAVEL_TEST_SEED` or the clock (printed, so that a failing run can be replayed).
+pub fn workload_config(
+    keys: usize,
+    key_prefix: &str,
+    writers: usize,
+    readers: usize,
+) -> ravel_testkit::workload::WorkloadConfig {
+    let seed = std::env::var("RAVEL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
+    let config = ravel_testkit::workload::WorkloadConfig {
+        keys,
+        key_prefix: key_prefix.into(),
+        writers,
+        readers,
+        op_pause: std::time::Duration::from_millis(20),
+        seed,
+        request_timeout: std::time::Duration::from_secs(20),
+    };
+    eprintln!("workload: {config:?} (replay with RAVEL_TEST_SEED={seed})");
+    config
+}

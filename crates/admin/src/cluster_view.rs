@@ -240,8 +240,7 @@ fn unknown_admin(
 }
 
 fn admin_view(s: &ravel_proto::v1::AdminStatusReply, voter: bool, error: Option<String>) -> Value {
-    let healthy =
-        error.is_none() && s.based && ["leader", "follower", "learner"].contains(&s.role.as_str());
+    let healthy = error.is_none() && s.based && HEALTHY_ROLES.contains(&s.role.as_str());
     let mut view = json!({
         "id": s.admin_id,
         "grpc_addr": s.grpc_addr,

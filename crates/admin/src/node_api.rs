@@ -6,7 +6,7 @@
 //! requests, talks to cluster leaders where a removal needs it, and maps outcomes to `Status`
 //! (the one place that mapping lives). It must not touch the partition table itself.
 
-use crate::meta::members::{self, AdminChange};
+use crate::meta::members::AdminChange;
 use crate::meta::raft::AdminNode;
 use crate::meta::{MetaCommand, MetaError, MetaOutcome, MetaRefusal, forward};
 use crate::placement::{LeaderCallError, call_leader, control_request};
@@ -351,13 +351,15 @@ impl Admin for NodeApi {
         request: Request<MetaProposal>,
     ) -> Result<Response<MetaProposalReply>, Status> {
         let command = forward::decode_proposal(request.get_ref())?;
-        let answer = forward::proposal_answer(self.state.meta.execute_here(command).await);
+        let answer = forward::answer_of(self.state.meta.execute_here(command).await);
         if matches!(answer, Ok(Ok(_))) {
             // A forwarded registration or removal may change what to place and to move.
             self.state.placement.wake();
             self.state.mover.wake();
         }
-        Ok(Response::new(forward::encode_answer(&answer)?))
+        Ok(Response::new(MetaProposalReply {
+            answer: forward::encode_answer(&answer)?,
+        }))
     }
 
     async fn change_admins(
@@ -372,8 +374,10 @@ impl Admin for NodeApi {
         } else {
             AdminChange::Remove(req.grpc_addr)
         };
-        let answer = members::change_answer(self.state.meta.change_admins_here(&change).await);
-        Ok(Response::new(forward::encode_change_answer(&answer)?))
+        let answer = forward::answer_of(self.state.meta.change_admins_here(&change).await);
+        Ok(Response::new(ChangeAdminsReply {
+            answer: forward::encode_answer(&answer)?,
+        }))
     }
 
     async fn admin_status(

@@ -39,3 +39,14 @@ pub const CONTROL_RPC_TIMEOUT_MS: u64 = 10_000;
 
 /// Deadline for opening a TCP connection to a peer.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// Heartbeat period of a Raft leader (replicas' clusters and the admins' group): ten per
+/// leader lease.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+
+/// openraft draws election timeouts from this range, and its leader lease (a voter refuses to
+/// vote while it heard a leader within the lease) is the maximum. Measured under the
+/// benchmark's load on the 2-core machine: no election without a fault (BENCHMARKS.md).
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
+/// See [`ELECTION_TIMEOUT_MIN_MS`].
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;

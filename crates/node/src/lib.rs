@@ -62,15 +62,12 @@ use crate::raft_net::NetworkFactory;
 use crate::raft_service::RaftService;
 use crate::replica::Replica;
 
-/// Heartbeat period of the Raft leader: ten per leader lease.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
-/// openraft draws election timeouts from this range, and its leader lease (a voter refuses to
-/// vote while it heard a leader within the lease) is the maximum. Pre-vote (see `prevote`)
-/// keeps a replica from campaigning before its peers' leases ran out, so leader loss to a new
-/// leader takes about one maximum plus a pre-vote round. Measured under the benchmark's load on
-/// the 2-core machine: no election without a fault (BENCHMARKS.md).
-pub const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
-pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+/// The Raft timing every group uses (the admins' too): see `ravel_core::limits`. Pre-vote (see
+/// `prevote`) keeps a replica from campaigning before its peers' leases ran out, so leader loss
+/// to a new leader takes about one maximum election timeout plus a pre-vote round.
+pub use ravel_core::limits::{
+    ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS,
+};
 /// Deadline of one snapshot chunk (openraft's default of 200 ms resends big chunks forever).
 pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 /// Snapshot chunk size: far below [`MAX_GRPC_MESSAGE_BYTES`] even after encoding.

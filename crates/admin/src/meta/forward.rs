@@ -1,11 +1,13 @@
-//! A follower admin's metadata changes, forwarded to the admins' leader (`ProposeMeta` on its
-//! gRPC port), and the leader's side of that call: the proposal's encoding and its answer's.
+//! A follower admin's metadata changes, forwarded to the admins' leader on its gRPC port
+//! (`ProposeMeta` for a command, `ChangeAdmins` for a membership change), and the leader's
+//! side of those calls: the proposal's encoding and the answer's.
 
-use super::members::{AdminChange, ChangeAnswer};
+use super::members::AdminChange;
 use super::raft::AdminNode;
 use super::{MetaCommand, MetaError, MetaOutcome, MetaRefusal};
 use ravel_proto::v1::admin_client::AdminClient;
-use ravel_proto::v1::{ChangeAdminsReply, ChangeAdminsRequest, MetaProposal, MetaProposalReply};
+use ravel_proto::v1::{ChangeAdminsRequest, MetaProposal};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,44 +20,34 @@ const FORWARD_CALL_TIMEOUT_MS: u64 = 5_000;
 /// up, at most 30 s).
 const FORWARD_CHANGE_TIMEOUT_MS: u64 = 35_000;
 
-/// Why the leader did not answer a forwarded proposal with its outcome.
+/// Why the leader did not answer a forwarded call with its result.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardRefusal {
-    /// It does not lead (any more): nothing was proposed.
+    /// It does not lead (any more): nothing was done.
     NotLeader,
-    /// It proposed the command but could not tell whether it committed.
+    /// It tried but could not tell whether the change committed.
     Failed(String),
 }
 
-/// A forwarded proposal's answer as it travels.
-pub type ProposalAnswer = Result<Result<MetaOutcome, MetaRefusal>, ForwardRefusal>;
+/// A forwarded call's answer as it travels: the leader's result (a command's outcome, the
+/// voters after a membership change) or its deterministic refusal, or why there is neither.
+pub type Answer<T> = Result<Result<T, MetaRefusal>, ForwardRefusal>;
 
-/// The leader's answer to a forwarded proposal, from its own `execute_here`.
-pub fn proposal_answer(result: Result<MetaOutcome, MetaError>) -> ProposalAnswer {
+/// The leader's answer to a forwarded call, from its own result.
+pub fn answer_of<T>(result: Result<T, MetaError>) -> Answer<T> {
     match result {
-        Ok(outcome) => Ok(Ok(outcome)),
+        Ok(value) => Ok(Ok(value)),
         Err(MetaError::Refused(refusal)) => Ok(Err(refusal)),
         Err(MetaError::NotLeader { .. }) => Err(ForwardRefusal::NotLeader),
         Err(other) => Err(ForwardRefusal::Failed(other.to_string())),
     }
 }
 
-/// Encodes a proposal's answer for `MetaProposalReply`.
-pub fn encode_answer(answer: &ProposalAnswer) -> Result<MetaProposalReply, tonic::Status> {
-    let answer = ravel_raft_transport::encode(answer)
-        .map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))?;
-    Ok(MetaProposalReply {
-        answer: answer.to_vec(),
-    })
-}
-
-/// Encodes a membership change's answer for `ChangeAdminsReply`.
-pub fn encode_change_answer(answer: &ChangeAnswer) -> Result<ChangeAdminsReply, tonic::Status> {
-    let answer = ravel_raft_transport::encode(answer)
-        .map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))?;
-    Ok(ChangeAdminsReply {
-        answer: answer.to_vec(),
-    })
+/// Encodes an answer for its reply message (`MetaProposalReply`, `ChangeAdminsReply`).
+pub fn encode_answer<T: Serialize>(answer: &Answer<T>) -> Result<Vec<u8>, tonic::Status> {
+    ravel_raft_transport::encode(answer)
+        .map(|bytes| bytes.to_vec())
+        .map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))
 }
 
 /// Decodes a forwarded command.
@@ -88,58 +80,19 @@ impl Forwarder {
         Ok(AdminClient::new(channel))
     }
 
-    /// Forwards an admins' membership change to `leader`, with the same answers as
-    /// [`Self::forward`] (an added admin's catch-up may take a while: the deadline allows it).
-    pub(super) async fn forward_change(
+    /// Sends one call to `leader` with `call` (which returns the reply's encoded answer):
+    /// `Some` with the leader's result when it took the call; `None` when it certainly did not
+    /// (it does not lead, or it was unreachable: the call did not run there), so the caller
+    /// may look for the leader again; an error when whether it took effect is unknown. (What
+    /// is forwarded is what a replica, a client or an operator repeats safely: a registration
+    /// by token, marking that data exists, a removal, a membership change.)
+    async fn send<T: DeserializeOwned>(
         &self,
         leader: &AdminNode,
-        change: &AdminChange,
-    ) -> Result<Option<Result<Vec<u64>, MetaError>>, MetaError> {
-        let (add, grpc_addr) = match change {
-            AdminChange::Add(addr) => (true, addr.clone()),
-            AdminChange::Remove(addr) => (false, addr.clone()),
-        };
-        let mut request = tonic::Request::new(ChangeAdminsRequest { add, grpc_addr });
-        request.set_timeout(Duration::from_millis(FORWARD_CHANGE_TIMEOUT_MS));
-        let reply = match self.client(&leader.grpc_addr)?.change_admins(request).await {
-            Ok(reply) => reply.into_inner(),
-            Err(status) if status.code() == tonic::Code::Unavailable => return Ok(None),
-            Err(status) => {
-                return Err(MetaError::Forward(format!(
-                    "forwarding to the admins' leader {}: {}",
-                    leader.grpc_addr,
-                    status.message()
-                )));
-            }
-        };
-        let answer: ChangeAnswer = ravel_raft_transport::decode(&reply.answer)
-            .map_err(|e| MetaError::Forward(format!("undecodable answer: {e}")))?;
-        match answer {
-            Ok(voters) => Ok(Some(Ok(voters))),
-            Err(ForwardRefusal::NotLeader) => Ok(None),
-            Err(ForwardRefusal::Failed(why)) => Ok(Some(Err(MetaError::Forward(why)))),
-        }
-    }
-
-    /// Forwards `cmd` to `leader`: `Some` with the outcome when the leader took it; `None` when
-    /// it certainly did not (it does not lead, or it was unreachable), so the caller may look
-    /// for the leader again; an error when whether it committed is unknown.
-    pub(super) async fn forward(
-        &self,
-        leader: &AdminNode,
-        cmd: &MetaCommand,
-    ) -> Result<Option<Result<MetaOutcome, MetaError>>, MetaError> {
-        let command = ravel_raft_transport::encode(cmd)
-            .map_err(|e| MetaError::Forward(format!("encoding the command: {e}")))?;
-        let mut request = tonic::Request::new(MetaProposal {
-            command: command.to_vec(),
-        });
-        request.set_timeout(Duration::from_millis(FORWARD_CALL_TIMEOUT_MS));
-        let reply = match self.client(&leader.grpc_addr)?.propose_meta(request).await {
-            Ok(reply) => reply.into_inner(),
-            // Not connected, or the leader is going away: the call did not run there. (A
-            // forwarded command is one a replica or a client repeats safely: a registration by
-            // token, marking that data exists, a removal.)
+        call: impl AsyncFnOnce(AdminClient<Channel>) -> Result<Vec<u8>, tonic::Status>,
+    ) -> Result<Option<Result<T, MetaError>>, MetaError> {
+        let reply = match call(self.client(&leader.grpc_addr)?).await {
+            Ok(reply) => reply,
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 tracing::debug!(leader = %leader.grpc_addr, error = %status.message(), "the admins' leader is unreachable");
                 return Ok(None);
@@ -152,13 +105,49 @@ impl Forwarder {
                 )));
             }
         };
-        let answer: ProposalAnswer = ravel_raft_transport::decode(&reply.answer)
+        let answer: Answer<T> = ravel_raft_transport::decode(&reply)
             .map_err(|e| MetaError::Forward(format!("undecodable answer: {e}")))?;
         match answer {
-            Ok(Ok(outcome)) => Ok(Some(Ok(outcome))),
+            Ok(Ok(value)) => Ok(Some(Ok(value))),
             Ok(Err(refusal)) => Ok(Some(Err(MetaError::Refused(refusal)))),
             Err(ForwardRefusal::NotLeader) => Ok(None),
             Err(ForwardRefusal::Failed(why)) => Err(MetaError::Forward(why)),
         }
+    }
+
+    /// Forwards `cmd` to `leader` (`ProposeMeta`); answers as [`Self::send`].
+    pub(super) async fn forward(
+        &self,
+        leader: &AdminNode,
+        cmd: &MetaCommand,
+    ) -> Result<Option<Result<MetaOutcome, MetaError>>, MetaError> {
+        let command = ravel_raft_transport::encode(cmd)
+            .map_err(|e| MetaError::Forward(format!("encoding the command: {e}")))?
+            .to_vec();
+        self.send(leader, async |mut client| {
+            let mut request = tonic::Request::new(MetaProposal { command });
+            request.set_timeout(Duration::from_millis(FORWARD_CALL_TIMEOUT_MS));
+            Ok(client.propose_meta(request).await?.into_inner().answer)
+        })
+        .await
+    }
+
+    /// Forwards an admins' membership change to `leader` (`ChangeAdmins`; the deadline allows
+    /// for an added admin's catch-up); answers as [`Self::send`].
+    pub(super) async fn forward_change(
+        &self,
+        leader: &AdminNode,
+        change: &AdminChange,
+    ) -> Result<Option<Result<Vec<u64>, MetaError>>, MetaError> {
+        let (add, grpc_addr) = match change {
+            AdminChange::Add(addr) => (true, addr.clone()),
+            AdminChange::Remove(addr) => (false, addr.clone()),
+        };
+        self.send(leader, async |mut client| {
+            let mut request = tonic::Request::new(ChangeAdminsRequest { add, grpc_addr });
+            request.set_timeout(Duration::from_millis(FORWARD_CHANGE_TIMEOUT_MS));
+            Ok(client.change_admins(request).await?.into_inner().answer)
+        })
+        .await
     }
 }

@@ -5,23 +5,16 @@
 //! `--join`, so that it waits to be added instead of forming a group of its own.
 
 use super::MetaError;
-use super::forward::ForwardRefusal;
 use super::raft::AdminNode;
-use super::store::{MetaStore, admin_id_of};
+use super::store::{LeaderWait, MetaStore, admin_id_of};
 use openraft::ChangeMembers;
 use openraft::error::{ClientWriteError, RaftError};
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long an added admin may take to catch up as a learner before the change gives up (it
 /// stays a learner; adding it again, once it runs, finishes the change).
 const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
-
-/// How long a change waits for the group to have a leader it can be sent to.
-const CHANGE_BUDGET_MS: u64 = 10_000;
-
-/// Pause between looks for a leader while the group has none.
-const NO_LEADER_PAUSE_MS: u64 = 200;
 
 /// A change of the admins' membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,23 +39,21 @@ impl MetaStore {
     /// Makes `change` and returns the voters after it; on an admin that does not lead, the
     /// change is forwarded to the leader.
     pub async fn change_admins(&self, change: AdminChange) -> Result<Vec<u64>, MetaError> {
-        let began = Instant::now();
+        let mut wait = LeaderWait::start();
         loop {
             match self.change_admins_here(&change).await {
-                Err(MetaError::NotLeader { leader, .. }) => {
-                    if let Some(leader) = leader
-                        && let Some(answer) =
-                            self.forwarder.forward_change(&leader, &change).await?
-                    {
+                Err(MetaError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) => {
+                    if let Some(answer) = self.forwarder.forward_change(&leader, &change).await? {
                         return answer;
                     }
                 }
+                Err(MetaError::NotLeader { leader: None, .. }) => {}
                 other => return other,
             }
-            if began.elapsed() >= Duration::from_millis(CHANGE_BUDGET_MS) {
-                return Err(MetaError::NoAdminLeader);
-            }
-            tokio::time::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await;
+            wait.pause().await?;
         }
     }
 
@@ -130,17 +121,5 @@ impl MetaStore {
             .filter(|(_, _, voter)| *voter)
             .map(|(id, _, _)| id)
             .collect()
-    }
-}
-
-/// A forwarded change's answer as it travels.
-pub type ChangeAnswer = Result<Vec<u64>, ForwardRefusal>;
-
-/// The leader's answer to a forwarded change.
-pub fn change_answer(result: Result<Vec<u64>, MetaError>) -> ChangeAnswer {
-    match result {
-        Ok(voters) => Ok(voters),
-        Err(MetaError::NotLeader { .. }) => Err(ForwardRefusal::NotLeader),
-        Err(other) => Err(ForwardRefusal::Failed(other.to_string())),
     }
 }

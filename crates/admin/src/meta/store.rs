@@ -62,11 +62,6 @@ const NO_LEADER_PAUSE_MS: u64 = 100;
 /// How long [`MetaStore::confirm_leading`] waits for a majority of admins to answer.
 const LEADERSHIP_CHECK_MS: u64 = 1_000;
 
-/// Raft timing of the admins' group, as the replicas' groups use.
-const HEARTBEAT_INTERVAL_MS: u64 = 100;
-const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
-const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
-
 /// How to open the metadata.
 #[derive(Clone, Debug)]
 pub struct MetaOptions {
@@ -120,7 +115,9 @@ impl MetaOptions {
                 }
             };
             if members.insert(admin_id_of(addr), node).is_some() {
-                return Err(MetaError::Peers(format!("--peers lists {addr} twice")));
+                return Err(MetaError::Peers(format!(
+                    "{addr} gives the same admin id as another --peers address; change a port"
+                )));
             }
         }
         Ok(members)
@@ -217,9 +214,9 @@ fn open_disk(dir: &Path, options: &MetaOptions) -> Result<OnDisk, MetaError> {
 fn raft_config(snapshot_every: u64) -> Result<Config, MetaError> {
     let config = Config {
         cluster_name: "ravel-admins".into(),
-        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
-        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
-        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        heartbeat_interval: limits::HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: limits::ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: limits::ELECTION_TIMEOUT_MAX_MS,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: snapshot_every / 2,
         ..Config::default()
@@ -247,6 +244,31 @@ async fn form_group(
         // Another admin's membership reached this one first.
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
         Err(e) => Err(raft_error(e)),
+    }
+}
+
+/// How a call that needs the admins' leader waits while the group has none that takes it
+/// (none known, or the one known does not lead any more): it looks again every
+/// [`NO_LEADER_PAUSE_MS`] for at most [`FORWARD_BUDGET_MS`], then gives up with
+/// [`MetaError::NoAdminLeader`] (the call certainly did not run).
+pub(super) struct LeaderWait {
+    began: Instant,
+}
+
+impl LeaderWait {
+    pub(super) fn start() -> Self {
+        Self {
+            began: Instant::now(),
+        }
+    }
+
+    /// Waits before the next look, or says the budget is spent.
+    pub(super) async fn pause(&mut self) -> Result<(), MetaError> {
+        if self.began.elapsed() >= Duration::from_millis(FORWARD_BUDGET_MS) {
+            return Err(MetaError::NoAdminLeader);
+        }
+        tokio::time::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await;
+        Ok(())
     }
 }
 
@@ -522,22 +544,21 @@ impl MetaStore {
     /// ([`MetaError::Refused`]) changes nothing. On any other error whether the command was
     /// committed is unknown, except for [`MetaError::NoAdminLeader`], which it was not.
     pub async fn execute(&self, cmd: MetaCommand) -> Result<MetaOutcome, MetaError> {
-        let began = Instant::now();
+        let mut wait = LeaderWait::start();
         loop {
             match self.execute_here(cmd.clone()).await {
-                Err(MetaError::NotLeader { leader, .. }) => {
-                    if let Some(leader) = leader
-                        && let Some(answer) = self.forwarder.forward(&leader, &cmd).await?
-                    {
+                Err(MetaError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) => {
+                    if let Some(answer) = self.forwarder.forward(&leader, &cmd).await? {
                         return answer;
                     }
                 }
+                Err(MetaError::NotLeader { leader: None, .. }) => {}
                 other => return other,
             }
-            if began.elapsed() >= Duration::from_millis(FORWARD_BUDGET_MS) {
-                return Err(MetaError::NoAdminLeader);
-            }
-            tokio::time::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await;
+            wait.pause().await?;
         }
     }
 
@@ -721,6 +742,49 @@ mod tests {
         );
         assert!(began.elapsed() >= Duration::from_millis(FORWARD_BUDGET_MS));
         joining.close().await;
+    }
+
+    /// `--peers` must name this admin, and an admin whose log says it is alone refuses a
+    /// `--peers` list (that would form a second group beside the one it leads).
+    #[tokio::test]
+    async fn peers_lists_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = AdminNode {
+            grpc_addr: "127.0.0.1:1".into(),
+            http_addr: String::new(),
+        };
+        let with_peers = |peers: &[&str]| MetaOptions {
+            node: node.clone(),
+            peers: peers.iter().map(|p| (*p).to_owned()).collect(),
+            ..MetaOptions::new(Some(8))
+        };
+        let err = MetaStore::open_with(dir.path(), with_peers(&["127.0.0.1:2", "127.0.0.1:3"]))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, MetaError::Peers(why) if why.contains("own --grpc")),
+            "{err}"
+        );
+
+        let alone = MetaStore::open_with(dir.path(), with_peers(&[]))
+            .await
+            .unwrap();
+        alone.close().await;
+        let err = MetaStore::open_with(dir.path(), with_peers(&["127.0.0.1:1", "127.0.0.1:2"]))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, MetaError::Peers(why) if why.contains("group of one")),
+            "{err}"
+        );
+        // The identical command line still opens.
+        let again = MetaStore::open_with(dir.path(), with_peers(&[]))
+            .await
+            .unwrap();
+        assert!(again.is_leader());
+        again.close().await;
     }
 
     /// With snapshots every few entries (and the log purged below them), a reopened store still
